@@ -12,3 +12,28 @@ from absl import flags  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 flags.FLAGS.mark_as_parsed()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+  """A random tiny transformers Qwen2.5-VL (fp32) and the directory it was saved to."""
+  from hf_reference import build_hf_model, tiny_hf_config
+  model = build_hf_model(tiny_hf_config())
+  path = tmp_path_factory.mktemp("tiny_hf")
+  model.save_pretrained(path)
+  return model, path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_hf):
+  """The port of `tiny_hf`, loaded from its checkpoint, in the default (legacy) rope mode."""
+  from veripo_jax.models.qwen2_5_vl import load_hf_checkpoint
+  return load_hf_checkpoint(tiny_hf[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_hf5(tiny_hf):
+  from veripo_jax.models.qwen2_5_vl import load_hf_checkpoint
+  return load_hf_checkpoint(tiny_hf[1], rope_mode="hf5")

@@ -183,7 +183,9 @@ def from_hf_config(path_or_dict: str | os.PathLike | dict) -> Qwen25VLConfig:
       window_size=vis_raw.get("window_size", 112),
       fullatt_block_indexes=tuple(vis_raw.get("fullatt_block_indexes", (7, 15, 23, 31))),
       tokens_per_second=vis_raw.get("tokens_per_second", 2),
-      in_channels=vis_raw.get("in_channels", vis_raw.get("in_chans", 3)))
+      in_channels=vis_raw.get("in_channels", vis_raw.get("in_chans", 3)),
+      rms_norm_eps=vis_raw.get("rms_norm_eps", 1e-6),
+      rope_theta=float((vis_raw.get("rope_parameters") or {}).get("rope_theta", 10000.0)))
   tie = raw.get("tie_word_embeddings", text_raw.get("tie_word_embeddings", False))
   defaults = Qwen25VLConfig()
   ids = {k: raw.get(k, text_raw.get(k, getattr(defaults, k))) for k in (

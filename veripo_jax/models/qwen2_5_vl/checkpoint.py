@@ -1,0 +1,245 @@
+"""Hugging Face safetensors checkpoints <-> the Flax NNX model, streamed tensor by tensor.
+
+Loading never materialises the whole model on the host beyond its final buffers: the model is
+built abstractly (`nnx.eval_shape`), then each tensor is read, converted to the target dtype and
+layout, and placed into its sharding before the next one is read. Both key layouts are accepted:
+the on-disk one (`visual.*`, `model.layers.*`) and transformers 5.x in-memory names
+(`model.visual.*`, `model.language_model.*`). Saving writes the on-disk layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig, from_hf_config
+from veripo_jax.models.qwen2_5_vl.model import Qwen25VL
+from veripo_jax.parallel.sharding import DEFAULT_RULES, LogicalRules, state_shardings
+
+Path = tuple[str | int, ...]
+
+# Dotted-name fragments that differ between the HF module tree and ours.
+_RENAMES = (("visual.patch_embed.proj.", "visual.patch_embed."),
+            ("visual.merger.mlp.0.", "visual.merger.fc1."),
+            ("visual.merger.mlp.2.", "visual.merger.fc2."))
+_NORMS = ("norm1", "norm2", "ln_q", "input_layernorm", "post_attention_layernorm", "norm")
+
+
+def canonical_key(key: str) -> str:
+  """transformers 5.x in-memory names -> the on-disk (legacy) names."""
+  if key.startswith("model.visual."):
+    return key[len("model."):]
+  if key.startswith("model.language_model."):
+    return "model." + key[len("model.language_model."):]
+  return key
+
+
+def hf_key_to_path(key: str) -> Path:
+  """On-disk HF tensor name -> path in the model's state, e.g. ('layers', 0, 'mlp', ...)."""
+  name = key
+  for hf, ours in _RENAMES:
+    name = name.replace(hf, ours)
+  if name.startswith("model."):
+    name = name[len("model."):]
+  parts: list[str | int] = [int(p) if p.isdigit() else p for p in name.split(".")]
+  if parts[-1] == "weight":
+    owner = parts[-2]
+    parts[-1] = ("scale" if owner in _NORMS else
+                 "embedding" if owner == "embed_tokens" else "kernel")
+  return tuple(parts)
+
+
+def path_to_hf_key(path: Path) -> str:
+  parts = [str(p) for p in path]
+  if parts[-1] in ("scale", "embedding", "kernel"):
+    parts[-1] = "weight"
+  name = ".".join(parts)
+  if parts[0] not in ("visual", "lm_head"):
+    name = "model." + name
+  for hf, ours in _RENAMES:
+    name = name.replace(ours, hf)
+  return name
+
+
+def _to_flax(path: Path, tensor: np.ndarray) -> np.ndarray:
+  if path[-2:] == ("patch_embed", "kernel"):
+    return tensor.reshape(tensor.shape[0], -1).T     # Conv3d (out, C, T, P, P) -> (C*T*P*P, out)
+  if path[-1] == "kernel":
+    return tensor.T
+  return tensor
+
+
+def _to_hf(path: Path, array: np.ndarray, cfg: Qwen25VLConfig) -> np.ndarray:
+  if path[-2:] == ("patch_embed", "kernel"):
+    v = cfg.vision
+    return np.ascontiguousarray(array.T).reshape(
+        array.shape[1], v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+  if path[-1] == "kernel":
+    return np.ascontiguousarray(array.T)
+  return array
+
+
+# -------------------------------------------------------------------------------------------------
+# Loading.
+
+def _checkpoint_files(path: str) -> Iterator[tuple[str, list[str]]]:
+  """(file, keys) for each safetensors file, in file order."""
+  index = os.path.join(path, "model.safetensors.index.json")
+  if os.path.exists(index):
+    with open(index) as f:
+      weight_map = json.load(f).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise ValueError(f"{index}: missing field 'weight_map'")
+    by_file: dict[str, list[str]] = {}
+    for key, fname in weight_map.items():
+      by_file.setdefault(fname, []).append(key)
+    for fname in sorted(by_file):
+      full = os.path.join(path, fname)
+      if not os.path.exists(full):
+        raise FileNotFoundError(f"{index}: lists {fname}, which does not exist")
+      yield full, by_file[fname]
+    return
+  files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+  if not files:
+    raise FileNotFoundError(f"{path}: no *.safetensors files and no model.safetensors.index.json")
+  for fname in files:
+    full = os.path.join(path, fname)
+    with safe_open(full, "numpy") as f:
+      yield full, list(f.keys())
+
+
+def _place(array: np.ndarray, sharding) -> jax.Array:
+  """Puts a host array into `sharding`, touching only this process's shards (multi-host safe)."""
+  return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
+
+
+def load_hf_checkpoint(path: str | os.PathLike, dtype=jnp.float32, mesh: Mesh | None = None, *,
+                       param_dtype=None, rules: LogicalRules = DEFAULT_RULES,
+                       rope_mode: str = "legacy",
+                       attention_implementation: str | None = None) -> Qwen25VL:
+  """Loads a local HF Qwen2.5-VL directory into a Qwen25VL with compute dtype `dtype`.
+
+  Parameters are stored in `param_dtype` (default: `dtype`) and placed by logical-axis `rules`
+  on `mesh` (or on the default device).
+  """
+  path = os.fspath(path)
+  config = from_hf_config(path)
+  param_dtype = dtype if param_dtype is None else param_dtype
+  abstract = nnx.eval_shape(lambda: Qwen25VL(
+      config, dtype=dtype, param_dtype=param_dtype, rope_mode=rope_mode,
+      attention_implementation=attention_implementation))
+  graphdef, state = nnx.split(abstract)
+  flat = dict(nnx.to_flat_state(state))
+  if mesh is not None:
+    shardings = dict(nnx.to_flat_state(state_shardings(state, mesh, rules)))
+    sharding_of = lambda p: shardings[p].get_value()
+  else:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding_of = lambda p: device
+  loaded: dict[Path, jax.Array] = {}
+  for fname, keys in _checkpoint_files(path):
+    with safe_open(fname, "numpy") as f:
+      for key in keys:
+        canon = canonical_key(key)
+        if canon == "lm_head.weight" and config.tie_word_embeddings:
+          continue                                  # tied: the embedding serves as lm_head
+        target = hf_key_to_path(canon)
+        if target not in flat:
+          raise ValueError(f"{fname}: unexpected tensor {key!r} (no such parameter in "
+                           f"{'a tied' if config.tie_word_embeddings else 'this'} model)")
+        var = flat[target]
+        array = _to_flax(target, f.get_tensor(key))
+        expected = var.get_value().shape
+        if array.shape != expected:
+          raise ValueError(f"{fname}: tensor {key!r} has shape {array.shape} after conversion, "
+                           f"model expects {expected}")
+        loaded[target] = _place(array.astype(var.get_value().dtype), sharding_of(target))
+        del array
+  missing = [path_to_hf_key(p) for p in flat if p not in loaded]
+  if missing:
+    raise ValueError(f"{path}: missing tensors in checkpoint: {missing[:8]}"
+                     f"{' ...' if len(missing) > 8 else ''} ({len(missing)} in all)")
+  for p, var in flat.items():
+    flat[p] = var.replace(loaded[p])
+  return nnx.merge(graphdef, nnx.from_flat_state(list(flat.items())))
+
+
+# -------------------------------------------------------------------------------------------------
+# Saving.
+
+def _host(array: jax.Array) -> np.ndarray:
+  if not array.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    array = multihost_utils.process_allgather(array, tiled=True)
+  return np.asarray(jax.device_get(array))
+
+
+def save_hf_checkpoint(model: Qwen25VL, path: str | os.PathLike, *, dtype=None,
+                       max_shard_bytes: int = 5 * 2**30) -> None:
+  """Writes config.json + sharded safetensors (on-disk HF layout) that transformers loads.
+
+  `dtype` (default: the parameters' dtype) is the stored dtype. Files are written to a
+  temporary directory beside `path` and moved in at the end, so a crash leaves no partial
+  checkpoint. Only process 0 writes.
+  """
+  path = os.fspath(path)
+  cfg = model.config
+  params = [(p, v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+  shards: list[list[tuple[Path, jax.Array]]] = [[]]
+  size = 0
+  for p, arr in params:
+    nbytes = arr.size * np.dtype(dtype or arr.dtype).itemsize
+    if shards[-1] and size + nbytes > max_shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append((p, arr))
+    size += nbytes
+  write = jax.process_index() == 0
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent) if write else None
+  weight_map, total = {}, 0
+  for i, shard in enumerate(shards):
+    fname = ("model.safetensors" if len(shards) == 1 else
+             f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors")
+    tensors = {}
+    for p, arr in shard:
+      host = _host(arr)                      # every process joins the gather
+      host = host.astype(dtype) if dtype is not None else host
+      key = path_to_hf_key(p)
+      tensors[key] = _to_hf(p, host, cfg)
+      weight_map[key] = fname
+      total += host.nbytes
+    if write:
+      save_file(tensors, os.path.join(tmp, fname), metadata={"format": "pt"})
+    del tensors
+  if not write:
+    return
+  if len(shards) > 1:
+    with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+  hf = cfg.to_hf_dict()
+  stored = np.dtype(dtype or params[0][1].dtype)
+  hf["torch_dtype"] = hf["dtype"] = {"float32": "float32", "bfloat16": "bfloat16",
+                                     "float16": "float16"}.get(stored.name, "float32")
+  with open(os.path.join(tmp, "config.json"), "w") as f:
+    json.dump(hf, f, indent=2)
+  if os.path.exists(path):
+    old = path + ".old"
+    os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old)
+  else:
+    os.replace(tmp, path)
+

@@ -1,0 +1,275 @@
+"""Qwen2.5-VL for conditional generation: Qwen2 decoder with M-RoPE over text + vision tokens.
+
+`__call__` mirrors transformers (input_ids, attention_mask, pixel_values, image_grid_thw,
+pixel_values_videos, video_grid_thw, second_per_grid_ts -> logits) and does the host-side index
+work itself. Jitted code (training, decoding) calls `prepare_inputs` once on the host and then
+`forward` / `prefill` / `decode_step`, which take only arrays.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig, TextConfig
+from veripo_jax.models.qwen2_5_vl.layers import (Dtype, Linear, RMSNorm, SwiGLU, apply_rotary,
+                                                 attention, inverse_frequencies)
+from veripo_jax.models.qwen2_5_vl.rope_index import get_rope_index
+from veripo_jax.models.qwen2_5_vl.vision import VisionTower
+from veripo_jax.models.qwen2_5_vl.vision_index import VisionInputs, prepare_vision
+from veripo_jax.parallel.sharding import constrain
+
+
+@struct.dataclass
+class ModelInputs:
+  """Array-only model inputs (see `prepare_inputs`)."""
+  input_ids: jax.Array        # (B, L) int32
+  attention_mask: jax.Array   # (B, L) bool, False on padding
+  position_ids: jax.Array     # (3, B, L) int32 M-RoPE positions
+  feature_index: jax.Array    # (B, L) int32 row of the vision features for placeholders, else -1
+  vision: VisionInputs | None = None
+
+
+@struct.dataclass
+class KVCache:
+  """Static-size decode cache. Keys are stored post-RoPE; `valid` marks slots of real tokens."""
+  keys: tuple[jax.Array, ...]     # per layer (B, S, kv_heads, head_dim)
+  values: tuple[jax.Array, ...]
+  valid: jax.Array                # (B, S) bool
+  index: jax.Array                # () int32, next slot to write
+
+  @classmethod
+  def init(cls, cfg: TextConfig, batch: int, length: int, dtype: Dtype) -> "KVCache":
+    shape = (batch, length, cfg.num_key_value_heads, cfg.head_dim)
+    zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
+    return cls(keys=zeros(), values=zeros(), valid=jnp.zeros((batch, length), bool),
+               index=jnp.zeros((), jnp.int32))
+
+  @property
+  def max_length(self) -> int:
+    return self.valid.shape[1]
+
+  def repeat(self, n: int) -> "KVCache":
+    """Each row repeated n times (rows b*n .. b*n+n-1 copy row b): forks a prefill for n samples."""
+    rep = lambda a: jnp.repeat(a, n, axis=0)
+    return self.replace(keys=tuple(map(rep, self.keys)), values=tuple(map(rep, self.values)),
+                        valid=rep(self.valid))
+
+
+class TextAttention(nnx.Module):
+
+  def __init__(self, cfg: TextConfig, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs,
+               implementation: str | None = None):
+    self.cfg = cfg
+    self.implementation = implementation
+    q_dim, kv_dim = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q_proj = Linear(cfg.hidden_size, q_dim, use_bias=True, axes=("embed", "heads"), **kw)
+    self.k_proj = Linear(cfg.hidden_size, kv_dim, use_bias=True, axes=("embed", "kv_heads"), **kw)
+    self.v_proj = Linear(cfg.hidden_size, kv_dim, use_bias=True, axes=("embed", "kv_heads"), **kw)
+    self.o_proj = Linear(q_dim, cfg.hidden_size, use_bias=False, axes=("heads", "embed"), **kw)
+
+  def __call__(self, x, cos, sin, mask, cache_kv=None, index=None):
+    b, l, _ = x.shape
+    c = self.cfg
+    q = apply_rotary(self.q_proj(x).reshape(b, l, c.num_attention_heads, c.head_dim), cos, sin)
+    k = apply_rotary(self.k_proj(x).reshape(b, l, c.num_key_value_heads, c.head_dim), cos, sin)
+    v = self.v_proj(x).reshape(b, l, c.num_key_value_heads, c.head_dim)
+    if cache_kv is not None:
+      ck, cv = cache_kv
+      k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
+      v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
+      k = constrain(k, ("batch", "cache_length", "kv_heads", "head_dim"))
+      v = constrain(v, ("batch", "cache_length", "kv_heads", "head_dim"))
+      cache_kv = (k, v)
+    out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.implementation)
+    return self.o_proj(out.reshape(b, l, -1)), cache_kv
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, cfg: TextConfig, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs,
+               implementation: str | None = None):
+    norm = dict(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+    self.input_layernorm = RMSNorm(cfg.hidden_size, **norm)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm)
+    self.self_attn = TextAttention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                                   implementation=implementation)
+    self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, use_bias=False, dtype=dtype,
+                      param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x, cos, sin, mask, cache_kv=None, index=None):
+    a, cache_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_kv, index)
+    x = x + a
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return constrain(x, ("batch", "length", "embed")), cache_kv
+
+
+class Qwen25VL(nnx.Module):
+  """Qwen2_5_VLForConditionalGeneration. Parameter names mirror the HF module tree."""
+
+  def __init__(self, config: Qwen25VLConfig, *, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs | None = None,
+               attention_implementation: str | None = None, rope_mode: str = "legacy"):
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    t = config.text
+    self.config = config
+    self.dtype = dtype
+    self.rope_mode = rope_mode
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.visual = VisionTower(config.vision, implementation=attention_implementation, **kw)
+    self.embed_tokens = nnx.Embed(t.vocab_size, t.hidden_size, dtype=dtype,
+                                  param_dtype=param_dtype, rngs=rngs,
+                                  embedding_init=nnx.initializers.normal(0.02))
+    self.embed_tokens.embedding.set_metadata("logical_axes", ("vocab", "embed"))
+    self.layers = nnx.List([DecoderLayer(t, implementation=attention_implementation, **kw)
+                            for _ in range(t.num_hidden_layers)])
+    self.norm = RMSNorm(t.hidden_size, eps=t.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+    self.lm_head = (None if config.tie_word_embeddings else
+                    Linear(t.hidden_size, t.vocab_size, use_bias=False, axes=("embed", "vocab"),
+                           **kw))
+
+  # --- pieces ------------------------------------------------------------------------------------
+
+  def embed(self, inputs: ModelInputs) -> jax.Array:
+    x = self.embed_tokens(inputs.input_ids).astype(self.dtype)
+    if inputs.vision is not None:
+      feats = self.visual(inputs.vision).astype(x.dtype)
+      idx = inputs.feature_index
+      x = jnp.where((idx >= 0)[..., None], feats[jnp.maximum(idx, 0)], x)
+    return constrain(x, ("batch", "length", "embed"))
+
+  def rotary(self, position_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """M-RoPE cos/sin (B, L, head_dim): frequency j uses the T, H or W position per mrope_section."""
+    t = self.config.text
+    inv = inverse_frequencies(t.head_dim, t.rope_theta)                     # (hd/2,)
+    freqs = position_ids.astype(jnp.float32)[..., None] * inv                # (3, B, L, hd/2)
+    axis = np.repeat(np.arange(3), t.mrope_section)                          # (hd/2,)
+    f = jnp.take_along_axis(freqs, jnp.asarray(axis)[None, None, None, :], axis=0)[0]
+    emb = jnp.concatenate([f, f], axis=-1)
+    return jnp.cos(emb).astype(self.dtype), jnp.sin(emb).astype(self.dtype)
+
+  def logits(self, h: jax.Array) -> jax.Array:
+    h = self.norm(h)
+    if self.lm_head is None:
+      out = jnp.dot(h, self.embed_tokens.embedding[...].astype(self.dtype).T)
+    else:
+      out = self.lm_head(h)
+    return constrain(out, ("batch", "length", "vocab"))
+
+  def hidden_states(self, inputs: ModelInputs) -> jax.Array:
+    """Final-layer hidden states (before the last norm), no cache: the training path."""
+    x = self.embed(inputs)
+    cos, sin = self.rotary(inputs.position_ids)
+    l = x.shape[1]
+    causal = jnp.tril(jnp.ones((l, l), bool))
+    mask = inputs.attention_mask[:, None, None, :].astype(bool) & causal[None, None]
+    for layer in self.layers:
+      x, _ = layer(x, cos, sin, mask)
+    return x
+
+  def forward(self, inputs: ModelInputs) -> jax.Array:
+    """Logits (B, L, V) for array inputs."""
+    return self.logits(self.hidden_states(inputs))
+
+  def extend(self, x: jax.Array, position_ids: jax.Array, token_valid: jax.Array,
+             cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Runs embeddings x (B, L, D) through the decoder, appending them to the cache at its index."""
+    l = x.shape[1]
+    valid = jax.lax.dynamic_update_slice(cache.valid, token_valid.astype(bool), (0, cache.index))
+    slots = jnp.arange(cache.max_length)
+    causal = slots[None, :] <= cache.index + jnp.arange(l)[:, None]          # (L, S)
+    mask = valid[:, None, None, :] & causal[None, None]
+    cos, sin = self.rotary(position_ids)
+    keys, values = [], []
+    for layer, ck, cv in zip(self.layers, cache.keys, cache.values):
+      x, (k, v) = layer(x, cos, sin, mask, (ck, cv), cache.index)
+      keys.append(k)
+      values.append(v)
+    return x, KVCache(keys=tuple(keys), values=tuple(values), valid=valid, index=cache.index + l)
+
+  def prefill(self, inputs: ModelInputs, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Processes the prompt (vision included) into the cache; returns last-token logits (B, V)."""
+    h, cache = self.extend(self.embed(inputs), inputs.position_ids, inputs.attention_mask, cache)
+    return self.logits(h[:, -1:])[:, 0], cache
+
+  def decode_step(self, tokens: jax.Array, positions: jax.Array,
+                  cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """One token per row: tokens (B,), positions (B,) -> logits (B, V)."""
+    x = self.embed_tokens(tokens[:, None]).astype(self.dtype)
+    pos3 = jnp.broadcast_to(positions[None, :, None], (3, tokens.shape[0], 1))
+    h, cache = self.extend(x, pos3, jnp.ones_like(tokens[:, None], bool), cache)
+    return self.logits(h)[:, 0], cache
+
+  # --- transformers-style entry point ------------------------------------------------------------
+
+  def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
+               pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None,
+               position_ids=None) -> jax.Array:
+    inputs, _ = prepare_inputs(
+        self.config, input_ids, attention_mask, pixel_values=pixel_values,
+        image_grid_thw=image_grid_thw, pixel_values_videos=pixel_values_videos,
+        video_grid_thw=video_grid_thw, second_per_grid_ts=second_per_grid_ts,
+        position_ids=position_ids, rope_mode=self.rope_mode)
+    return _jit_forward(self, inputs)
+
+
+@nnx.jit
+def _jit_forward(model: Qwen25VL, inputs: ModelInputs) -> jax.Array:
+  return model.forward(inputs)
+
+
+def prepare_inputs(config: Qwen25VLConfig, input_ids, attention_mask=None, *,
+                   pixel_values=None, image_grid_thw=None, pixel_values_videos=None,
+                   video_grid_thw=None, second_per_grid_ts=None, position_ids=None,
+                   rope_mode: str = "legacy", bucketed: bool = True
+                   ) -> tuple[ModelInputs, np.ndarray]:
+  """Host-side: M-RoPE positions, vision index tables, placeholder -> feature rows.
+
+  Returns the inputs and `next_position (B,)`, the rope position of the first generated token.
+  Images and videos go through the vision tower in one pass (features: images first, then
+  videos, each in prompt order), which equals transformers' separate passes because no
+  attention segment spans two items.
+  """
+  ids = np.asarray(input_ids, np.int32)
+  if ids.ndim != 2:
+    raise ValueError(f"input_ids must be (batch, length), got shape {ids.shape}")
+  mask = np.ones_like(ids, bool) if attention_mask is None else np.asarray(attention_mask, bool)
+  v = config.vision
+  pos, next_pos = get_rope_index(
+      ids, mask, image_grid_thw, video_grid_thw, second_per_grid_ts,
+      image_token_id=config.image_token_id, video_token_id=config.video_token_id,
+      spatial_merge_size=v.spatial_merge_size, tokens_per_second=v.tokens_per_second,
+      mode=rope_mode)
+  if position_ids is not None:
+    pos = np.asarray(position_ids, np.int32)
+    next_pos = pos[:, :, -1].max(0) + 1
+  grids, pixels, feature_index = [], [], np.full(ids.shape, -1, np.int32)
+  offset = 0
+  for name, token, pv, grid in (("image", config.image_token_id, pixel_values, image_grid_thw),
+                                ("video", config.video_token_id, pixel_values_videos,
+                                 video_grid_thw)):
+    placeholders = (ids == token) & mask
+    n_tokens = int(placeholders.sum())
+    if grid is None or len(np.asarray(grid)) == 0:
+      if n_tokens:
+        raise ValueError(f"{n_tokens} {name} placeholder tokens but no {name}_grid_thw given")
+      continue
+    if pv is None:
+      raise ValueError(f"{name}_grid_thw given without its pixel values")
+    grid = np.asarray(grid, np.int64).reshape(-1, 3)
+    n_feats = int(grid.prod(-1).sum()) // v.spatial_merge_size ** 2
+    if n_tokens != n_feats:
+      raise ValueError(f"{name} features and {name} tokens do not match: tokens {n_tokens}, "
+                       f"features {n_feats} (from {name}_grid_thw {grid.tolist()})")
+    feature_index[placeholders] = offset + np.arange(n_tokens, dtype=np.int32)
+    offset += n_feats
+    grids.append(grid)
+    pixels.append(np.asarray(pv, np.float32))
+  vision = (prepare_vision(np.concatenate(pixels), np.concatenate(grids), v, bucketed=bucketed)
+            if grids else None)
+  inputs = ModelInputs(input_ids=ids, attention_mask=mask, position_ids=pos,
+                       feature_index=feature_index, vision=vision)
+  return inputs, next_pos
