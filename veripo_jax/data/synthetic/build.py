@@ -1,0 +1,69 @@
+"""Builds the synthetic world's tokenizer and its train/held-out TFDS datasets from a seed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterator, Mapping
+
+from veripo_jax.data.datasets import QABuilder
+from veripo_jax.data.prompts import QWEN_VL_CHAT_TEMPLATE, TEMPLATES
+from veripo_jax.data.synthetic.render import render_media
+from veripo_jax.data.synthetic.tokenizer import build_tokenizer, save_tokenizer
+from veripo_jax.data.synthetic.world import WorldConfig, make_example
+
+TOKENIZER_SPLIT = "tokenizer"     # examples drawn only to train the tokenizer
+
+
+class SyntheticWorldBuilder(QABuilder):
+  """Seeded world examples (records + rendered media) -> ArrayRecord."""
+  name = "synthetic_video_qa"
+
+  def __init__(self, *, world: WorldConfig, seed: int, split_sizes: Mapping[str, int],
+               **kwargs):
+    self._world = world
+    self._seed = seed
+    self._split_sizes = dict(split_sizes)
+    super().__init__(**kwargs)
+
+  def _split_examples(self):
+    self.skipped.update({split: 0 for split in self._split_sizes})
+    return {split: self._examples(split, n) for split, n in self._split_sizes.items()}
+
+  def _examples(self, split: str, count: int):
+    for index in range(count):
+      record, things = make_example(self._world, self._seed, split, index)
+      yield record["id"], record, render_media(record["data_type"], things, self._world)
+
+
+def tokenizer_corpus(world: WorldConfig, seed: int) -> Iterator[str]:
+  """World text plus every prompt template, so prompts tokenize into few tokens."""
+  for template in TEMPLATES.values():
+    yield from template.by_problem_type.values()
+  yield QWEN_VL_CHAT_TEMPLATE
+  for index in range(world.tokenizer_corpus_examples):
+    record, _ = make_example(world, seed, TOKENIZER_SPLIT, index)
+    yield " ".join([record["problem"], *record["options"], record["reasoning"],
+                    record["answer"]])
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldPaths:
+  tokenizer_dir: str
+  dataset_dir: str     # pass to `datasets.data_source(dataset_dir, split)`
+
+
+def build_world(out_dir: str | os.PathLike, *, seed: int, split_sizes: Mapping[str, int],
+                world: WorldConfig = WorldConfig()) -> WorldPaths:
+  """Tokenizer at OUT/tokenizer, datasets under OUT/tfds; identical output for the same seed."""
+  out_dir = os.fspath(out_dir)
+  tokenizer_dir = os.path.join(out_dir, "tokenizer")
+  save_tokenizer(build_tokenizer(tokenizer_corpus(world, seed), world.tokenizer_vocab_size),
+                 tokenizer_dir)
+  builder = SyntheticWorldBuilder(
+      world=world, seed=seed, split_sizes=split_sizes, name=f"seed{seed}",
+      data_dir=os.path.join(out_dir, "tfds"), file_format="array_record")
+  builder.download_and_prepare()
+  return WorldPaths(tokenizer_dir, os.fspath(builder.data_dir))
+
+
