@@ -58,8 +58,10 @@ def generate(model: Qwen25VL, batch: Mapping[str, Any], max_new_tokens: int, *,
   logits, cache = _prefill(graphdef, state, inputs, num_samples=num_samples,
                            cache_length=cache_length, mesh=mesh, rules=tuple(rules))
   positions = jnp.repeat(jnp.asarray(next_pos, jnp.int32), num_samples)
-  return _decode(graphdef, state, logits, positions, cache, rng, max_new_tokens=max_new_tokens,
-                 params=params, eos=eos, pad=pad, mesh=mesh, rules=tuple(rules))
+  out, _ = _decode(graphdef, state, logits, positions, cache, rng,
+                   max_new_tokens=max_new_tokens, params=params, eos=eos, pad=pad, mesh=mesh,
+                   rules=tuple(rules))
+  return out
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_samples", "cache_length", "mesh",
@@ -76,7 +78,8 @@ def _prefill(graphdef, state, inputs: ModelInputs, *, num_samples, cache_length,
                                               "pad", "mesh", "rules"),
                    donate_argnames=("cache",))
 def _decode(graphdef, state, logits, positions, cache: KVCache, rng, *, max_new_tokens,
-            params: SamplingParams, eos, pad, mesh, rules) -> GenerateOutput:
+            params: SamplingParams, eos, pad, mesh, rules) -> tuple[GenerateOutput, KVCache]:
+  """Returns the final cache too, so the donated cache buffers are reused in place."""
   batch = logits.shape[0]
   eos_ids = jnp.asarray(eos, jnp.int32)
 
@@ -105,6 +108,6 @@ def _decode(graphdef, state, logits, positions, cache: KVCache, rng, *, max_new_
            jnp.full((batch, max_new_tokens), pad, jnp.int32),
            jnp.zeros((batch, max_new_tokens), jnp.float32), jnp.zeros((batch,), jnp.int32),
            rng, cache)
-  _, _, _, _, tokens, logprobs, lengths, _, _ = jax.lax.while_loop(cond, body, carry)
-  return GenerateOutput(tokens=tokens, logprobs=logprobs, lengths=lengths)
+  _, _, _, _, tokens, logprobs, lengths, _, cache = jax.lax.while_loop(cond, body, carry)
+  return GenerateOutput(tokens=tokens, logprobs=logprobs, lengths=lengths), cache
 
