@@ -45,7 +45,8 @@ def _open(source: VideoSource):
 def _count_frames(container, stream) -> int:
   """Frame count when the container header lacks it: one video packet per frame."""
   count = sum(1 for packet in container.demux(stream) if packet.size)
-  container.seek(0, stream=stream)
+  if count:
+    container.seek(0, stream=stream)
   return count
 
 
@@ -55,7 +56,7 @@ def decode_frames(source: VideoSource, sampler: FrameSampler) -> DecodedFrames:
   try:
     with _open(source) as container:
       if not container.streams.video:
-        raise BadExampleError("decode_error", f"{name}: no video stream")
+        raise BadExampleError("empty_video", f"{name}: no video stream (or no frames)")
       stream = container.streams.video[0]
       stream.thread_type = "AUTO"
       total = stream.frames or _count_frames(container, stream)
