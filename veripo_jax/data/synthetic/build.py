@@ -37,10 +37,11 @@ class SyntheticWorldBuilder(QABuilder):
 
 
 def tokenizer_corpus(world: WorldConfig, seed: int) -> Iterator[str]:
-  """World text plus every prompt template, so prompts tokenize into few tokens."""
-  for template in TEMPLATES.values():
-    yield from template.by_problem_type.values()
-  yield QWEN_VL_CHAT_TEMPLATE
+  """World text plus weighted copies of every prompt template, so prompts stay short."""
+  for _ in range(world.tokenizer_template_weight):
+    for template in TEMPLATES.values():
+      yield from template.by_problem_type.values()
+    yield QWEN_VL_CHAT_TEMPLATE
   for index in range(world.tokenizer_corpus_examples):
     record, _ = make_example(world, seed, TOKENIZER_SPLIT, index)
     yield " ".join([record["problem"], *record["options"], record["reasoning"],

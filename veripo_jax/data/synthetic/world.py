@@ -43,6 +43,7 @@ class WorldConfig:
   crf: int = 18
   tokenizer_vocab_size: int = 1024
   tokenizer_corpus_examples: int = 3000
+  tokenizer_template_weight: int = 50   # copies of each prompt template in the BPE corpus
 
   def __post_init__(self):
     if self.max_speed * (self.num_frames - 1) + self.shape_size >= min(self.width, self.height):
