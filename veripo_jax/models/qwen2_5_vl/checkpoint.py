@@ -17,10 +17,10 @@ from typing import Iterator
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig, from_hf_config
@@ -93,8 +93,49 @@ def _to_hf(path: Path, array: np.ndarray, cfg: Qwen25VLConfig) -> np.ndarray:
 # -------------------------------------------------------------------------------------------------
 # Loading.
 
-def _checkpoint_files(path: str) -> Iterator[tuple[str, list[str]]]:
-  """(file, keys) for each safetensors file, in file order."""
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+           "BOOL": np.bool_}
+
+
+class SafetensorsReader:
+  """Reads one tensor at a time with plain file reads.
+
+  Unlike a memory map, nothing of the file stays resident after a tensor is converted, so
+  peak host memory while loading is the model's own buffers plus about one tensor.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    with open(path, "rb") as f:
+      header_len = int.from_bytes(f.read(8), "little")
+      try:
+        header = json.loads(f.read(header_len))
+      except ValueError as e:
+        raise ValueError(f"{path}: not a safetensors file ({e})") from e
+    header.pop("__metadata__", None)
+    self.header, self.data_start = header, 8 + header_len
+
+  def keys(self) -> list[str]:
+    return list(self.header)
+
+  def get(self, key: str) -> np.ndarray:
+    info = self.header[key]
+    if info["dtype"] not in _DTYPES:
+      raise ValueError(f"{self.path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+    begin, end = info["data_offsets"]
+    out = np.empty(info["shape"], _DTYPES[info["dtype"]])
+    if out.nbytes != end - begin:
+      raise ValueError(f"{self.path}: tensor {key!r} has {end - begin} bytes, expected {out.nbytes}")
+    with open(self.path, "rb") as f:
+      f.seek(self.data_start + begin)
+      if f.readinto(memoryview(out.reshape(-1)).cast("B")) != out.nbytes:
+        raise ValueError(f"{self.path}: file truncated inside tensor {key!r}")
+    return out
+
+
+def _checkpoint_files(path: str) -> Iterator[tuple[str, list[str] | None]]:
+  """(file, keys the index assigns to it, or None without an index), in file order."""
   index = os.path.join(path, "model.safetensors.index.json")
   if os.path.exists(index):
     with open(index) as f:
@@ -114,9 +155,7 @@ def _checkpoint_files(path: str) -> Iterator[tuple[str, list[str]]]:
   if not files:
     raise FileNotFoundError(f"{path}: no *.safetensors files and no model.safetensors.index.json")
   for fname in files:
-    full = os.path.join(path, fname)
-    with safe_open(full, "numpy") as f:
-      yield full, list(f.keys())
+    yield os.path.join(path, fname), None
 
 
 def _place(array: np.ndarray, sharding) -> jax.Array:
@@ -149,23 +188,26 @@ def load_hf_checkpoint(path: str | os.PathLike, dtype=jnp.float32, mesh: Mesh | 
     sharding_of = lambda p: device
   loaded: dict[Path, jax.Array] = {}
   for fname, keys in _checkpoint_files(path):
-    with safe_open(fname, "numpy") as f:
-      for key in keys:
-        canon = canonical_key(key)
-        if canon == "lm_head.weight" and config.tie_word_embeddings:
-          continue                                  # tied: the embedding serves as lm_head
-        target = hf_key_to_path(canon)
-        if target not in flat:
-          raise ValueError(f"{fname}: unexpected tensor {key!r} (no such parameter in "
-                           f"{'a tied' if config.tie_word_embeddings else 'this'} model)")
-        var = flat[target]
-        array = _to_flax(target, f.get_tensor(key))
-        expected = var.get_value().shape
-        if array.shape != expected:
-          raise ValueError(f"{fname}: tensor {key!r} has shape {array.shape} after conversion, "
-                           f"model expects {expected}")
-        loaded[target] = _place(array.astype(var.get_value().dtype), sharding_of(target))
-        del array
+    reader = SafetensorsReader(fname)
+    for key in reader.keys() if keys is None else keys:
+      canon = canonical_key(key)
+      if canon == "lm_head.weight" and config.tie_word_embeddings:
+        continue                                  # tied: the embedding serves as lm_head
+      target = hf_key_to_path(canon)
+      if target not in flat:
+        raise ValueError(f"{fname}: unexpected tensor {key!r} (no such parameter in "
+                         f"{'a tied' if config.tie_word_embeddings else 'this'} model)")
+      var = flat[target]
+      if key not in reader.header:
+        raise ValueError(f"{fname}: tensor {key!r} listed in the index is not in the file")
+      array = _to_flax(target, reader.get(key))
+      expected = var.get_value().shape
+      if array.shape != expected:
+        raise ValueError(f"{fname}: tensor {key!r} has shape {array.shape} after conversion, "
+                         f"model expects {expected}")
+      loaded[target] = _place(array.astype(var.get_value().dtype, copy=False),
+                              sharding_of(target))
+      del array
   missing = [path_to_hf_key(p) for p in flat if p not in loaded]
   if missing:
     raise ValueError(f"{path}: missing tensors in checkpoint: {missing[:8]}"
