@@ -23,6 +23,8 @@ from veripo_jax.parallel.sharding import activation_sharding, make_mesh, shard_m
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs; re-use resumes.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False,
+                               "Call jax.distributed.initialize() first (TPU pods, multi-GPU).")
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
@@ -102,6 +104,8 @@ def main(argv):
   cfg = _CONFIG.value
   if cfg is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required")
+  if _MULTIHOST.value:
+    jax.distributed.initialize()
   os.makedirs(_WORKDIR.value, exist_ok=True)
   for stage in cfg.stages:
     if stage not in STAGES:
