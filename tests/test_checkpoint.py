@@ -138,3 +138,12 @@ def test_error_shape_mismatch(broken):
   bad["model.norm.weight"] = np.ones((65,), np.float32)
   with pytest.raises(ValueError, match=r"model.safetensors: tensor 'model\.norm\.weight' has shape \(65,\)"):
     load_hf_checkpoint(write(tensors=bad))
+
+
+def test_error_truncated_file(broken):
+  tensors, config, write = broken
+  path = write()
+  data = (path / "model.safetensors").read_bytes()
+  (path / "model.safetensors").write_bytes(data[: len(data) - 100])
+  with pytest.raises(ValueError, match=r"model.safetensors: file truncated inside tensor"):
+    load_hf_checkpoint(path)
