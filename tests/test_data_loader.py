@@ -1,10 +1,10 @@
 """Grain loader on the synthetic world: resumable state, disjoint host shards, bad examples
 skipped and counted, global arrays on a mesh, and one worker-process run."""
 
-import dataclasses
-
+import grain
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from veripo_jax.data.batching import BatchSpec
@@ -119,3 +119,17 @@ def test_worker_process_matches_in_process(world):
     _same(next(loader), want)
   finally:
     del loader
+
+
+def test_state_round_trips_through_an_orbax_checkpoint(world, tmp_path):
+  source = data_source(world.dataset_dir, "train")
+  loader = Loader(make_dataset(source, _config(world)))
+  next(loader)
+  with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+    manager.save(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(loader.iterator)))
+    manager.wait_until_finished()
+    want = next(loader)
+    resumed = Loader(make_dataset(source, _config(world)))
+    manager.restore(1, args=ocp.args.Composite(
+        data=grain.checkpoint.CheckpointRestore(resumed.iterator)))
+  _same(next(resumed), want)

@@ -19,7 +19,8 @@ from veripo_jax.data.synthetic.render import encode_video
 from veripo_jax.data.vision import VisionSettings, process_image, process_video
 
 # shared/ sits beside the repository checkout.
-CLIP = str(pathlib.Path(__file__).resolve().parents[2] / "shared/fixtures/real_h264_640x360_22s.mp4")
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+CLIP = str(SHARED / "fixtures/real_h264_640x360_22s.mp4")
 
 
 def _clip_meta():

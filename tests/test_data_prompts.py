@@ -1,6 +1,8 @@
 """Prompt ids match transformers' Qwen2.5-VL processor + chat template (same tokenizer and grid);
 batches pad to buckets with masks and M-RoPE positions from the model's rope index."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,8 +11,8 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from veripo_jax.data.batching import BatchSpec, Collator, bucket
 from veripo_jax.data.prompts import QWEN_VL_CHAT_TEMPLATE, get_templates
-from veripo_jax.data.synthetic.tokenizer import build_tokenizer
-from veripo_jax.data.tokenization import PromptEncoder, expand_placeholders
+from veripo_jax.data.synthetic.tokenizer import build_tokenizer, save_tokenizer
+from veripo_jax.data.tokenization import PromptEncoder, expand_placeholders, load_tokenizer
 from veripo_jax.data.vision import VisionSettings, VisualInput, process_image
 from veripo_jax.models.qwen2_5_vl.rope_index import get_rope_index
 
@@ -163,3 +165,19 @@ def test_collate_pads_to_buckets(tokenizer):
     np.testing.assert_array_equal(batch["position_ids"][:, row, real], pos[:, 0])
   assert not batch["attention_mask"][2].any()
   assert bucket(0, (4,)) == 0 and bucket(9, (4, 8)) == 16
+
+
+def test_processor_chat_template_beside_tokenizer_wins(tokenizer, tmp_path):
+  text_only = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+  copy = build_tokenizer(CORPUS, vocab_size=300)
+  copy.chat_template = text_only
+  save_tokenizer(copy, tmp_path / "tok")
+  assert load_tokenizer(tmp_path / "tok").chat_template == text_only
+  (tmp_path / "tok/chat_template.json").write_text(
+      json.dumps({"chat_template": QWEN_VL_CHAT_TEMPLATE}))
+  loaded = load_tokenizer(tmp_path / "tok")
+  encoder = PromptEncoder(loaded, get_templates("video_r1_think"), merge_size=2)
+  visual = VisualInput(np.zeros((16, 1176), np.float32), np.array([1, 4, 4]), 1.0)
+  assert (encoder.prompt_ids(RECORD, visual) == encoder.ids.video).sum() == 4
+  with pytest.raises(FileNotFoundError, match="tokenizer directory not found"):
+    load_tokenizer(tmp_path / "missing")

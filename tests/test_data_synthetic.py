@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from veripo_jax.data.datasets import data_source
 from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.render import render_media
-from veripo_jax.data.synthetic.tokenizer import QWEN_SPECIAL_TOKENS, TAG_TOKENS, model_config_overrides
+from veripo_jax.data.synthetic.tokenizer import (QWEN_SPECIAL_TOKENS, TAG_TOKENS,
+                                                 model_config_overrides)
 from veripo_jax.data.synthetic.world import WorldConfig, make_example
 from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.data.video import decode_frames

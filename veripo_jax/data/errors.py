@@ -1,4 +1,4 @@
-"""The two kinds of bad input: a malformed file is an error; a bad example inside a dataset is skipped.
+"""Two kinds of bad input: a malformed file is an error; a bad example in a dataset is skipped.
 
 A user's annotation file with a broken line should stop the run with the file and line named, while
 one corrupt video among a million must not: the loader drops it and counts it by `reason`.

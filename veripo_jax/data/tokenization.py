@@ -2,12 +2,13 @@
 
 Works with any local Hugging Face tokenizer directory (the real Qwen2.5-VL one or the synthetic
 world's): the chat template renders one `<|video_pad|>` per item, which is then repeated
-t·h·w/merge² times — the count the ViT will produce — exactly as the transformers processor does.
+t·h·w/merge² times (the count the ViT will produce), exactly as the transformers processor does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Mapping, Sequence
 
@@ -43,10 +44,21 @@ class SpecialIds:
 
 
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
-  """A local tokenizer directory; never reaches the network."""
+  """A local tokenizer directory; never reaches the network.
+
+  A processor chat template saved beside it (`chat_template.json`, as Qwen2.5-VL checkpoints
+  ship) wins over the tokenizer's own, as in transformers' processor: it is the one that
+  renders the vision placeholders.
+  """
+  path = os.fspath(path)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"{os.fspath(path)}: tokenizer directory not found")
-  return AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
+    raise FileNotFoundError(f"{path}: tokenizer directory not found")
+  tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+  processor_template = os.path.join(path, "chat_template.json")
+  if os.path.exists(processor_template):
+    with open(processor_template, encoding="utf-8") as f:
+      tokenizer.chat_template = json.load(f)["chat_template"]
+  return tokenizer
 
 
 def expand_placeholders(ids: Sequence[int], pad_id: int, counts: Sequence[int]) -> np.ndarray:
