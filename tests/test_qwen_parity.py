@@ -142,3 +142,14 @@ def test_bf16_error_within_twice_transformers_bf16(tiny_hf):
   ours16 = load_hf_checkpoint(path, dtype=jnp.bfloat16)
   our_err = np.abs(ours(ours16, batch) - ref).max()
   assert 0 < hf16_err and our_err <= 2 * hf16_err, (our_err, hf16_err)
+
+
+def test_padded_pixel_rows_are_ignored(tiny_model):
+  """A loader pads pixel rows to a patch bucket; only the rows the grids describe are used."""
+  pv, grid = random_video(np.random.RandomState(8), 4, 56, 84)
+  batch = {"input_ids": np.array([[3, 4] + span(VIDEO, grid) + [5]]),
+           "pixel_values_videos": pv, "video_grid_thw": grid}
+  padded = {**batch, "pixel_values_videos": np.concatenate([pv, np.ones((40, pv.shape[1]))])}
+  np.testing.assert_array_equal(ours(tiny_model, padded), ours(tiny_model, batch))
+  with pytest.raises(ValueError, match="needs 48 rows"):
+    ours(tiny_model, {**batch, "pixel_values_videos": pv[:40]})

@@ -264,10 +264,15 @@ def prepare_inputs(config: Qwen25VLConfig, input_ids, attention_mask=None, *,
     if n_tokens != n_feats:
       raise ValueError(f"{name} features and {name} tokens do not match: tokens {n_tokens}, "
                        f"features {n_feats} (from {name}_grid_thw {grid.tolist()})")
+    pv = np.asarray(pv, np.float32)
+    n_patches = int(grid.prod(-1).sum())
+    if pv.ndim != 2 or pv.shape[0] < n_patches:
+      raise ValueError(f"{name} pixel values have shape {pv.shape}; {name}_grid_thw "
+                       f"{grid.tolist()} needs {n_patches} rows")
     feature_index[placeholders] = offset + np.arange(n_tokens, dtype=np.int32)
     offset += n_feats
     grids.append(grid)
-    pixels.append(np.asarray(pv, np.float32))
+    pixels.append(pv[:n_patches])             # rows past the grids are a loader's padding
   vision = (prepare_vision(np.concatenate(pixels), np.concatenate(grids), v, bucketed=bucketed)
             if grids else None)
   inputs = ModelInputs(input_ids=ids, attention_mask=mask, position_ids=pos,
