@@ -238,12 +238,13 @@ def prepare_inputs(config: Qwen25VLConfig, input_ids, attention_mask=None, *,
     raise ValueError(f"input_ids must be (batch, length), got shape {ids.shape}")
   mask = np.ones_like(ids, bool) if attention_mask is None else np.asarray(attention_mask, bool)
   v = config.vision
-  pos, next_pos = get_rope_index(
-      ids, mask, image_grid_thw, video_grid_thw, second_per_grid_ts,
-      image_token_id=config.image_token_id, video_token_id=config.video_token_id,
-      spatial_merge_size=v.spatial_merge_size, tokens_per_second=v.tokens_per_second,
-      mode=rope_mode)
-  if position_ids is not None:
+  if position_ids is None:
+    pos, next_pos = get_rope_index(
+        ids, mask, image_grid_thw, video_grid_thw, second_per_grid_ts,
+        image_token_id=config.image_token_id, video_token_id=config.video_token_id,
+        spatial_merge_size=v.spatial_merge_size, tokens_per_second=v.tokens_per_second,
+        mode=rope_mode)
+  else:
     pos = np.asarray(position_ids, np.int32)
     next_pos = pos[:, :, -1].max(0) + 1
   grids, pixels, feature_index = [], [], np.full(ids.shape, -1, np.int32)
@@ -260,12 +261,12 @@ def prepare_inputs(config: Qwen25VLConfig, input_ids, attention_mask=None, *,
     if pv is None:
       raise ValueError(f"{name}_grid_thw given without its pixel values")
     grid = np.asarray(grid, np.int64).reshape(-1, 3)
-    n_feats = int(grid.prod(-1).sum()) // v.spatial_merge_size ** 2
+    n_patches = int(grid.prod(-1).sum())
+    n_feats = n_patches // v.spatial_merge_size ** 2
     if n_tokens != n_feats:
       raise ValueError(f"{name} features and {name} tokens do not match: tokens {n_tokens}, "
                        f"features {n_feats} (from {name}_grid_thw {grid.tolist()})")
     pv = np.asarray(pv, np.float32)
-    n_patches = int(grid.prod(-1).sum())
     if pv.ndim != 2 or pv.shape[0] < n_patches:
       raise ValueError(f"{name} pixel values have shape {pv.shape}; {name}_grid_thw "
                        f"{grid.tolist()} needs {n_patches} rows")

@@ -119,8 +119,3 @@ def prepare_vision(pixel_values: np.ndarray, grid_thw: np.ndarray, cfg: VisionCo
       full=_segments(slice_lengths, n_pad, full_len, size(len(slice_lengths), 1)),
   )
 
-
-def merged_token_count(grid_thw: np.ndarray, cfg: VisionConfig) -> int:
-  grid = np.asarray(grid_thw, np.int64).reshape(-1, 3)
-  return int(np.sum(grid.prod(-1))) // cfg.spatial_merge_size ** 2
-
