@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from typing import Any, Iterable
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from veripo_jax.data.prompts import QWEN_VL_CHAT_TEMPLATE
+from veripo_jax.fileio import replace_dir, temp_dir_beside
 
 # Qwen order: <|endoftext|>, <|im_start|>, <|im_end|> first, then the vision tokens.
 QWEN_SPECIAL_TOKENS = (
@@ -47,13 +46,9 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> PreTrained
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | os.PathLike) -> None:
   """Writes a standard tokenizer directory atomically (temp dir, then rename)."""
   path = os.fspath(path)
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tokenizer-", dir=parent)
+  tmp = temp_dir_beside(path)
   tokenizer.save_pretrained(tmp)
-  if os.path.exists(path):
-    shutil.rmtree(path)
-  os.replace(tmp, path)
+  replace_dir(tmp, path)
 
 
 def model_config_overrides(tokenizer: PreTrainedTokenizerFast, base: Any,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Iterator
 
 import jax
@@ -23,6 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from safetensors.numpy import save_file
 
+from veripo_jax.fileio import replace_dir, temp_dir_beside
 from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig, from_hf_config
 from veripo_jax.models.qwen2_5_vl.model import Qwen25VL
 from veripo_jax.parallel.sharding import DEFAULT_RULES, LogicalRules, state_shardings
@@ -248,9 +247,7 @@ def save_hf_checkpoint(model: Qwen25VL, path: str | os.PathLike, *, dtype=None,
     shards[-1].append((p, arr))
     size += nbytes
   write = jax.process_index() == 0
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent) if write else None
+  tmp = temp_dir_beside(path) if write else None
   weight_map, total = {}, 0
   for i, shard in enumerate(shards):
     fname = ("model.safetensors" if len(shards) == 1 else
@@ -273,15 +270,9 @@ def save_hf_checkpoint(model: Qwen25VL, path: str | os.PathLike, *, dtype=None,
       json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
   hf = cfg.to_hf_dict()
   stored = np.dtype(dtype or params[0][1].dtype)
-  hf["torch_dtype"] = hf["dtype"] = {"float32": "float32", "bfloat16": "bfloat16",
-                                     "float16": "float16"}.get(stored.name, "float32")
+  hf["torch_dtype"] = hf["dtype"] = (stored.name if stored.name in ("bfloat16", "float16")
+                                     else "float32")
   with open(os.path.join(tmp, "config.json"), "w") as f:
     json.dump(hf, f, indent=2)
-  if os.path.exists(path):
-    old = path + ".old"
-    os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old)
-  else:
-    os.replace(tmp, path)
+  replace_dir(tmp, path)
 

@@ -1,0 +1,27 @@
+"""Atomic file and directory writes: a crash never leaves a half-written output behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+
+def temp_dir_beside(path: str) -> str:
+  """A fresh temporary directory on the same filesystem as `path` (so a rename is atomic)."""
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  return tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}-", dir=parent)
+
+
+def replace_dir(tmp: str, path: str) -> None:
+  """Moves the finished directory `tmp` to `path`; an existing `path` is moved aside first,
+  so at every moment one complete version exists."""
+  if os.path.exists(path):
+    old = f"{path}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old)
+  else:
+    os.replace(tmp, path)
