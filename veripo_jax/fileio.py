@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -25,3 +26,10 @@ def replace_dir(tmp: str, path: str) -> None:
     shutil.rmtree(old)
   else:
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2)
+  os.replace(tmp, path)

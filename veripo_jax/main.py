@@ -5,7 +5,6 @@ Runs the stages the config lists, in order. `--config.<field>=value` overrides a
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -16,6 +15,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
+from veripo_jax.fileio import write_json_atomic
 from veripo_jax.inference import generate
 from veripo_jax.models.qwen2_5_vl import Qwen25VL, get_preset, load_hf_checkpoint
 from veripo_jax.parallel.sharding import activation_sharding, make_mesh, shard_model
@@ -25,13 +25,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs; re-use resumes.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() first (TPU pods, multi-GPU).")
-
-
-def write_json_atomic(path: str, payload: dict) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2)
-  os.replace(tmp, path)
 
 
 def build_model(cfg, mesh):
