@@ -28,8 +28,16 @@ def replace_dir(tmp: str, path: str) -> None:
     os.replace(tmp, path)
 
 
-def write_json_atomic(path: str, payload: dict) -> None:
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes `text` to a temporary file beside `path`, syncs it, then renames it over `path`."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2)
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+  write_text_atomic(path, json.dumps(payload, indent=2))

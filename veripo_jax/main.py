@@ -1,95 +1,128 @@
 """Command-line entry point: `python -m veripo_jax.main --config=configs/X.py --workdir=DIR`.
 
-Runs the stages the config lists, in order. `--config.<field>=value` overrides any field.
+Runs the stages `config.stage_order` names, in order; `--config.<field>=value` overrides any
+field. Each training stage starts from the previous stage's exported policy; re-running with
+the same workdir skips finished stages and resumes the running one from its checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from veripo_jax.fileio import write_json_atomic
-from veripo_jax.inference import generate
-from veripo_jax.models.qwen2_5_vl import Qwen25VL, get_preset, load_hf_checkpoint
-from veripo_jax.parallel.sharding import activation_sharding, make_mesh, shard_model
+from veripo_jax.config_utils import from_config
+from veripo_jax.data.synthetic.build import build_world
+from veripo_jax.data.synthetic.tokenizer import model_config_overrides
+from veripo_jax.data.synthetic.world import WorldConfig
+from veripo_jax.data.tokenization import load_tokenizer
+from veripo_jax.fileio import write_text_atomic
+from veripo_jax.models.qwen2_5_vl import (Qwen25VL, Qwen25VLConfig, from_hf_config, get_preset,
+                                         load_hf_checkpoint)
+from veripo_jax.parallel import multihost
+from veripo_jax.parallel.sharding import make_mesh, shard_model
+from veripo_jax.rl.dpo import DPOConfig, DPOStage
+from veripo_jax.rl.evaluate import EvalConfig, EvalStage
+from veripo_jax.rl.grpo import GRPOConfig, GRPOStage
+from veripo_jax.rl.pairs import read_pairs
+from veripo_jax.rl.sft import SFTConfig, SFTStage
+from veripo_jax.rl.stage import Preempted, RunContext, Stage
+from veripo_jax.train.metrics import MetricsWriter
+from veripo_jax.train.preemption import PreemptionGuard
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs; re-use resumes.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
-                               "Call jax.distributed.initialize() first (TPU pods, multi-GPU).")
+                               "Initialise jax.distributed (TPU pods: automatic; elsewhere from "
+                               "VERIPO_COORDINATOR / VERIPO_NUM_PROCESSES / VERIPO_PROCESS_ID).")
+
+STAGE_KINDS = {"sft": (SFTConfig, SFTStage), "grpo": (GRPOConfig, GRPOStage),
+               "dpo": (DPOConfig, DPOStage), "eval": (EvalConfig, EvalStage)}
 
 
-def build_model(cfg, mesh):
-  dtype = jnp.dtype(cfg.model.dtype)
-  if cfg.model.checkpoint:
-    return load_hf_checkpoint(cfg.model.checkpoint, dtype=dtype, mesh=mesh,
+def prepare_data(cfg, workdir: str) -> tuple[str, str]:
+  """(tokenizer_dir, dataset_dir): the synthetic world built into the workdir, or given paths."""
+  if cfg.data.synthetic:
+    world = from_config(WorldConfig, cfg.data.world, "data.world")
+    root = os.path.join(workdir, "world")
+    marker = os.path.join(root, "dataset_dir.txt")
+    if not os.path.exists(marker):
+      paths = build_world(root, seed=cfg.data.world_seed,
+                          split_sizes=dict(cfg.data.split_sizes), world=world)
+      if jax.process_index() == 0:
+        write_text_atomic(marker, paths.dataset_dir)
+      return paths.tokenizer_dir, paths.dataset_dir
+    with open(marker, encoding="utf-8") as f:
+      return os.path.join(root, "tokenizer"), f.read().strip()
+  if not cfg.data.dataset_dir or not cfg.data.tokenizer_dir:
+    raise app.UsageError("config.data: set synthetic=True or both dataset_dir and tokenizer_dir")
+  return cfg.data.tokenizer_dir, cfg.data.dataset_dir
+
+
+def policy_config(cfg, path: str, tokenizer) -> Qwen25VLConfig:
+  """The policy's architecture: a checkpoint's config.json, or the preset fitted to the tokenizer."""
+  if path:
+    return from_hf_config(path)
+  base = get_preset(cfg.model.preset)
+  return dataclasses.replace(base, **model_config_overrides(tokenizer, base))
+
+
+def load_policy(cfg, path: str, config: Qwen25VLConfig, mesh) -> Qwen25VL:
+  """A Hugging Face checkpoint directory, or (no path) a freshly initialised model."""
+  dtype, param_dtype = jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
+  if path:
+    return load_hf_checkpoint(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
                               rope_mode=cfg.model.rope_mode)
-  model = Qwen25VL(get_preset(cfg.model.preset), dtype=dtype, param_dtype=dtype,
-                   rngs=nnx.Rngs(cfg.seed), rope_mode=cfg.model.rope_mode)
+  model = Qwen25VL(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(cfg.seed),
+                   rope_mode=cfg.model.rope_mode)
   return shard_model(model, mesh)
 
 
-def random_video_batch(model: Qwen25VL, g, rng: np.random.RandomState) -> dict:
-  """Left-padded prompts, each with one random video between random text tokens."""
-  c, v = model.config, model.config.vision
-  frames = g.video_frames + g.video_frames % 2
-  gt, gh, gw = frames // 2, g.video_height // v.patch_size, g.video_width // v.patch_size
-  n_patches, n_tokens = gt * gh * gw, gt * gh * gw // v.spatial_merge_size ** 2
-  special = {c.image_token_id, c.video_token_id, c.vision_start_token_id, c.vision_end_token_id}
-  vocab = [t for t in range(min(c.text.vocab_size, 4096)) if t not in special]
-  rows = []
-  for _ in range(g.batch_size):
-    n = rng.randint(g.prompt_tokens // 2, g.prompt_tokens + 1)
-    text = rng.choice(vocab, n).tolist()
-    rows.append(text[: n // 2] + [c.vision_start_token_id] + [c.video_token_id] * n_tokens +
-                [c.vision_end_token_id] + text[n // 2:])
-  width = max(map(len, rows))
-  ids = np.array([[c.pad_token_id] * (width - len(r)) + r for r in rows])
-  mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-  return {"input_ids": ids, "attention_mask": mask,
-          "pixel_values_videos": rng.randn(g.batch_size * n_patches, v.patch_dim),
-          "video_grid_thw": np.array([[gt, gh, gw]] * g.batch_size),
-          "second_per_grid_ts": np.ones((g.batch_size,), np.float32)}
+def make_stage(ctx: RunContext, cfg, name: str) -> Stage:
+  section = cfg.stages[name]
+  kind = section.kind
+  if kind not in STAGE_KINDS:
+    raise app.UsageError(f"config.stages.{name}.kind: unknown {kind!r}; known "
+                         f"{sorted(STAGE_KINDS)}")
+  config_cls, stage_cls = STAGE_KINDS[kind]
+  fields = {k: v for k, v in section.items() if k not in ("kind", "pairs")}
+  stage_cfg = from_config(config_cls, fields, f"config.stages.{name}")
+  if kind == "dpo":
+    return stage_cls(ctx, name, stage_cfg, read_pairs(section.pairs))
+  return stage_cls(ctx, name, stage_cfg)
 
 
-def generate_demo(cfg, workdir: str) -> dict:
+def run(cfg, workdir: str) -> dict[str, dict]:
+  """Runs (or resumes) every stage; returns their summaries by name."""
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer_dir, dataset_dir = prepare_data(cfg, workdir)
+  tokenizer = load_tokenizer(tokenizer_dir)
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-  model = build_model(cfg, mesh)
-  g = cfg.generate
-  batch = random_video_batch(model, g, np.random.RandomState(cfg.seed))
-  kw = dict(temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-            num_samples=g.num_samples, mesh=mesh)
-  timings = []
-  for i in range(g.repeats + 1):                 # the first call compiles
-    t = time.perf_counter()
-    with activation_sharding(mesh):
-      out = generate(model, batch, g.max_new_tokens, rng=jax.random.key(cfg.seed + i), **kw)
-    jax.block_until_ready(out.tokens)
-    timings.append(time.perf_counter() - t)
-  steady = min(timings[1:]) if len(timings) > 1 else timings[0]
-  tokens = int(np.asarray(out.lengths).sum())
-  result = {"stage": "generate_demo", "rows": int(out.tokens.shape[0]),
-            "generated_tokens": tokens, "first_call_s": timings[0], "steady_s": steady,
-            "tokens_per_s": tokens / steady, "lengths": np.asarray(out.lengths).tolist(),
-            "sample_tokens": np.asarray(out.tokens)[0].tolist()}
-  write_json_atomic(os.path.join(workdir, "generate_demo.json"), result)
-  logging.info("generate_demo: %d rows, %d tokens, %.1f tokens/s (first call %.1f s)",
-               result["rows"], tokens, result["tokens_per_s"], timings[0])
-  print(f"generate_demo: {result['rows']} rows x {g.max_new_tokens} new tokens, "
-        f"{result['tokens_per_s']:.1f} tokens/s steady, first call {timings[0]:.1f} s; "
-        f"wrote {os.path.join(workdir, 'generate_demo.json')}")
-  return result
-
-
-STAGES = {"generate_demo": generate_demo}
+  policy_path = cfg.model.checkpoint
+  summaries: dict[str, dict] = {}
+  with MetricsWriter(workdir) as writer, PreemptionGuard() as guard:
+    ctx = RunContext(workdir=workdir, mesh=mesh,
+                     model_config=policy_config(cfg, policy_path, tokenizer),
+                     tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, dataset_dir=dataset_dir,
+                     writer=writer, guard=guard, rope_mode=cfg.model.rope_mode, seed=cfg.seed)
+    for name in cfg.stage_order:
+      stage = make_stage(ctx, cfg, name)
+      if stage.is_done():
+        summaries[name] = stage.summary()
+      else:
+        logging.info("stage %s (%s): starting from %s", name, stage.kind,
+                     policy_path or "a fresh model")
+        summaries[name] = stage.run(load_policy(cfg, policy_path, ctx.model_config, mesh))
+      if stage.kind != "eval":
+        policy_path = stage.policy_dir
+  return summaries
 
 
 def main(argv):
@@ -98,12 +131,14 @@ def main(argv):
   if cfg is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required")
   if _MULTIHOST.value:
-    jax.distributed.initialize()
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  for stage in cfg.stages:
-    if stage not in STAGES:
-      raise app.UsageError(f"config.stages: unknown stage {stage!r}; known: {sorted(STAGES)}")
-    STAGES[stage](cfg, _WORKDIR.value)
+    multihost.initialize()
+  try:
+    summaries = run(cfg, _WORKDIR.value)
+  except Preempted as e:
+    logging.warning("%s; re-run with the same --workdir to resume", e)
+    sys.exit(0)
+  for name, summary in summaries.items():
+    print(f"{name}: {summary}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ import numpy as np
 from veripo_jax.data.tokenization import SpecialIds
 from veripo_jax.models.qwen2_5_vl.rope_index import get_rope_index
 
-META_FIELDS = ("id", "answer", "problem_type", "data_type", "task")
+TEXT_FIELDS = ("id", "answer", "problem_type", "data_type", "task")
+# `source_index` is the example's position in its split (finds it again, e.g. for DPO pairs).
+META_FIELDS = TEXT_FIELDS + ("source_index",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +107,8 @@ class Collator:
         example_mask=(np.arange(rows) < real).astype(np.int32),
         pixel_values_videos=videos, video_grid_thw=video_grid, second_per_grid_ts=spg,
         pixel_values=images, image_grid_thw=image_grid)
-    for field in META_FIELDS:
+    for field in TEXT_FIELDS:
       batch[field] = np.array([e[field] for e in examples] + [""] * (rows - real), object)
+    batch["source_index"] = np.array([e.get("source_index", -1) for e in examples] + [-1] * (rows - real),
+                                     np.int64)
     return batch

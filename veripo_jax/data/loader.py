@@ -22,6 +22,7 @@ from veripo_jax.data.errors import BadExampleError
 from veripo_jax.data.prompts import PromptTemplates, get_templates
 from veripo_jax.data.tokenization import PromptEncoder, SpecialIds, load_tokenizer
 from veripo_jax.data.vision import VisionSettings, process_image, process_video
+from veripo_jax.parallel.multihost import allgather_objects
 
 # Batch fields whose leading axis is the batch (or patch rows); position_ids is (3, B, L).
 _ROW_FIELDS = ("input_ids", "attention_mask", "response_mask", "next_position", "example_mask",
@@ -75,6 +76,7 @@ class ExampleProcessor(grain.transforms.Map):
   def map(self, stored: Mapping[str, Any]) -> dict:
     record = {k: _text(stored[k]) for k in ("id", "data_type", "problem_type", "problem",
                                              "answer", "reasoning", "task")}
+    record["source_index"] = int(stored.get("source_index", -1))
     record["options"] = [_text(o) for o in stored["options"]]
     try:
       return self._process(record, stored["media"])
@@ -154,17 +156,36 @@ class BatchDataset(grain.IterDataset):
                           self._spec.drop_remainder)
 
 
+def _with_source_index(index: int, stored: Mapping[str, Any]) -> dict:
+  return {**stored, "source_index": index}
+
+
+class GatherHosts:
+  """Collates the examples of all hosts into one global batch, identical on every host.
+
+  RL steps build host-side index tables (vision segments, prompt copies) for the whole global
+  batch; each host still reads and decodes only its own shard.
+  """
+
+  def __init__(self, collate: Callable):
+    self._collate = collate
+
+  def __call__(self, examples: list[dict]) -> dict:
+    return self._collate([e for host in allgather_objects(examples) for e in host])
+
+
 def make_dataset(source: Sequence, config: LoaderConfig, *, merge_size: int = 2,
                  patch_dim: int = 1176, process_index: int | None = None,
-                 process_count: int | None = None) -> BatchDataset:
+                 process_count: int | None = None, gather_hosts: bool = False) -> BatchDataset:
   """The whole pipeline as one Grain `IterDataset` of host-local numpy batches.
 
   Every host shuffles the full index space with the same seed, then keeps every
   `process_count`-th element from `process_index`: disjoint shards that cover the data.
+  With `gather_hosts`, each batch holds every host's examples (batch_size per host).
   """
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
-  ds = grain.MapDataset.source(source)
+  ds = grain.MapDataset.source(source).map_with_index(_with_source_index)
   if config.shuffle:
     ds = ds.seed(config.seed).shuffle()
   ds = ds.repeat(config.num_epochs)[index::count]
@@ -176,7 +197,7 @@ def make_dataset(source: Sequence, config: LoaderConfig, *, merge_size: int = 2,
   ids = SpecialIds.from_tokenizer(load_tokenizer(config.tokenizer_dir))
   collate = Collator(config.batch, ids, patch_dim, merge_size, config.tokens_per_second,
                      config.rope_mode)
-  return BatchDataset(it, collate, config.batch)
+  return BatchDataset(it, GatherHosts(collate) if gather_hosts else collate, config.batch)
 
 
 def to_global(batch: Mapping[str, Any], mesh: jax.sharding.Mesh,

@@ -159,15 +159,22 @@ class Qwen25VL(nnx.Module):
       out = self.lm_head(h)
     return constrain(out, ("batch", "length", "vocab"))
 
-  def hidden_states(self, inputs: ModelInputs) -> jax.Array:
-    """Final-layer hidden states (before the last norm), no cache: the training path."""
+  def hidden_states(self, inputs: ModelInputs, remat: bool = False) -> jax.Array:
+    """Final-layer hidden states (before the last norm), no cache: the training path.
+
+    `remat` recomputes each decoder layer's activations in the backward pass instead of
+    storing them (memory for compute, per layer).
+    """
     x = self.embed(inputs)
     cos, sin = self.rotary(inputs.position_ids)
     l = x.shape[1]
     causal = jnp.tril(jnp.ones((l, l), bool))
     mask = inputs.attention_mask[:, None, None, :].astype(bool) & causal[None, None]
     for layer in self.layers:
-      x, _ = layer(x, cos, sin, mask)
+      if remat:
+        x = nnx.remat(lambda lyr, y: lyr(y, cos, sin, mask)[0])(layer, x)
+      else:
+        x, _ = layer(x, cos, sin, mask)
     return x
 
   def forward(self, inputs: ModelInputs) -> jax.Array:

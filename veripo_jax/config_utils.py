@@ -1,0 +1,46 @@
+"""ml-collections sections -> typed, frozen dataclasses, with unknown fields named in the error."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+def from_config(cls: type[T], cfg: Mapping[str, Any] | None, where: str) -> T:
+  """Builds dataclass `cls` from a config mapping; nested dataclass fields recurse.
+
+  Tuples in the config stay tuples, lists become tuples (frozen dataclasses must hash: they are
+  static jit arguments). Missing fields keep the dataclass default.
+  """
+  if cfg is None:
+    return cls()
+  cfg = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(cfg) - set(fields))
+  if unknown:
+    raise ValueError(f"{where}: unknown field(s) {unknown}; known: {sorted(fields)}")
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for name, value in cfg.items():
+    nested = _dataclass_type(hints.get(name))
+    if nested is not None and value is not None and not dataclasses.is_dataclass(value):
+      value = from_config(nested, value, f"{where}.{name}")
+    elif isinstance(value, list):
+      value = tuple(value)
+    kwargs[name] = value
+  try:
+    return cls(**kwargs)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{where}: {e}") from e
+
+
+def _dataclass_type(hint) -> type | None:
+  if dataclasses.is_dataclass(hint):
+    return hint
+  for arg in typing.get_args(hint):
+    if dataclasses.is_dataclass(arg):
+      return arg
+  return None

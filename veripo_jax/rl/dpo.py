@@ -1,0 +1,107 @@
+"""The DPO stage: sigmoid DPO on stored preference pairs against the start-of-stage policy.
+
+Each step reads `data.batch_size` pairs per host; chosen and rejected share one encoding of the
+prompt's video. Reference sequence log-probs come from a frozen copy of the stage's input
+policy, computed per batch (the input policy is also what a resumed run starts from, so the
+reference survives restarts without being checkpointed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import jax
+import numpy as np
+
+from veripo_jax.parallel.multihost import to_host
+from veripo_jax.rl.objectives import DPOBatch, DPOObjective, SequenceLogprobs
+from veripo_jax.rl.pairs import Pair, pair_loader
+from veripo_jax.rl.sequences import build_sequences, select_prompts
+from veripo_jax.rl.stage import DataConfig, RunContext, Stage
+from veripo_jax.train.learner import Learner
+from veripo_jax.train.metrics import progress
+from veripo_jax.train.optimizer import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+  epochs: float = 1.0              # passes over the pairs; sets the number of steps
+  micro_batch: int = 8             # pairs per accumulated micro-batch
+  data: DataConfig = DataConfig(batch_size=32)   # batch_size = pairs per step per host
+  objective: DPOObjective = DPOObjective()
+  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-7)
+  frozen: tuple[str, ...] = (r"^visual\.",)
+  save_every_steps: int = 50
+  keep_checkpoints: int = 2
+
+  def steps(self, num_pairs: int) -> int:
+    per_step = self.data.batch_size * jax.process_count()
+    return max(1, math.ceil(num_pairs * self.epochs / per_step))
+
+
+def dpo_micro_batches(ctx: RunContext, batch: dict, micro_batch: int) -> list[dict]:
+  """Host-side (sequences, valid) per micro-batch: rows = chosen of each pair, then rejected."""
+  k = len(batch["input_ids"])
+  out = []
+  for i in range(0, k, micro_batch):
+    rows = np.arange(i, min(k, i + micro_batch))
+    idx = np.concatenate([rows, rows + k])
+    lengths = batch["response_lengths"][idx]
+    width = max(1, int(lengths.max()))
+    seq = build_sequences(ctx.model_config, select_prompts(batch, rows),
+                          np.concatenate([np.arange(len(rows))] * 2),
+                          batch["responses"][idx, :width], lengths, rope_mode=ctx.rope_mode)
+    out.append({"sequences": seq, "valid": np.asarray(batch["example_mask"])[rows]})
+  return out
+
+
+class DPOStage(Stage):
+  kind = "dpo"
+
+  def __init__(self, ctx: RunContext, name: str, cfg: DPOConfig, pairs: list[Pair]):
+    super().__init__(ctx, name, cfg.keep_checkpoints)
+    if not pairs:
+      raise ValueError(f"{name}: no preference pairs to train on")
+    self.cfg = cfg
+    self.pairs = pairs
+
+  def run(self, model) -> dict:
+    ctx, cfg = self.ctx, self.cfg
+    total = cfg.steps(len(self.pairs))
+    learner = Learner(model, dataclasses.replace(cfg.optimizer, total_steps=total), ctx.mesh,
+                      rules=ctx.rules, frozen=cfg.frozen)
+    reference = learner.snapshot()
+    v = ctx.model_config.vision
+    loader = pair_loader(self.pairs, ctx.dataset_dir, cfg.data.split, ctx.loader_config(
+        cfg.data), merge_size=v.spatial_merge_size, patch_dim=v.patch_dim,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        gather_hosts=jax.process_count() > 1)
+    extras = self.restore(learner)
+    if extras is not None:
+      loader.set_state(extras["loader"])
+    metrics, t0 = {}, time.perf_counter()
+    start = int(learner.state.step)
+    for step in progress(range(start, total), total=total - start, desc=self.name):
+      batch = next(loader)
+      micro = []
+      for m in dpo_micro_batches(ctx, batch, cfg.micro_batch):
+        ref = to_host(learner.evaluate(SequenceLogprobs(), m["sequences"], params=reference))
+        micro.append(DPOBatch(sequences=m["sequences"], ref_logp=ref.sum(-1),
+                              valid=m["valid"]))
+      metrics = {f"dpo/{k}": v for k, v in learner.step(cfg.objective, micro).items()}
+      metrics["time/sample_s"] = (time.perf_counter() - t0) / max(
+          1, int(np.sum(batch["example_mask"])))
+      ctx.writer.write(self.name, step + 1, metrics)
+      t0 = time.perf_counter()
+      extras = {"loader": loader.get_state()}
+      if (step + 1) % cfg.save_every_steps == 0:
+        self.save(learner, extras)
+      if step + 1 < total:
+        self.stop_if_requested(learner, extras)
+    families = {}
+    for p in self.pairs:
+      families[p.family] = families.get(p.family, 0) + 1
+    return self.finish(learner.model(), {"steps": total, "pairs": len(self.pairs),
+                                         "pair_families": families, "last": metrics})

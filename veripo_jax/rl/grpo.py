@@ -1,0 +1,170 @@
+"""The GRPO stage: rounds of (P prompts x G rollouts -> rewards -> advantages -> k updates).
+
+Batch semantics (OpenRLHF's): `data.batch_size` prompts per rollout round per host, and
+`global_batch` responses per optimizer step, so a round makes P*G / global_batch updates. A step
+takes whole groups (global_batch / G prompts), which keeps each prompt's video encoded once in
+the update; group order is shuffled per round with a seed. Micro-batches of `micro_batch`
+responses accumulate exactly (see `train.learner`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from veripo_jax.data.batching import bucket
+from veripo_jax.parallel.multihost import to_host
+from veripo_jax.rl.objectives import GRPOBatch, GRPOObjective, SequenceLogprobs
+from veripo_jax.rl.rollout import (RolloutConfig, Rollouts, collect_rollouts, read_rollouts,
+                                   write_rollouts)
+from veripo_jax.rl.sequences import build_sequences, select_prompts
+from veripo_jax.rl.stage import DataConfig, RunContext, Stage
+from veripo_jax.train.checkpointing import key_to_data
+from veripo_jax.train.learner import Learner
+from veripo_jax.train.optimizer import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  rounds: int = 1
+  global_batch: int = 64           # responses per optimizer step
+  micro_batch: int = 16            # responses per accumulated micro-batch
+  data: DataConfig = DataConfig()
+  rollout: RolloutConfig = RolloutConfig()
+  objective: GRPOObjective = GRPOObjective()
+  optimizer: OptimizerConfig = OptimizerConfig()
+  frozen: tuple[str, ...] = (r"^visual\.",)
+  filter_zero_variance: bool = False   # drop groups whose G rewards are all equal
+  recompute_old_logprobs: bool = False  # else the sampler's log-probs are pi_old
+  save_every_rounds: int = 1
+  keep_checkpoints: int = 2
+
+  def __post_init__(self):
+    g = self.rollout.num_samples
+    for name in ("global_batch", "micro_batch"):
+      if getattr(self, name) % g:
+        raise ValueError(f"grpo.{name}={getattr(self, name)} must be a multiple of "
+                         f"rollout.num_samples={g} (steps take whole groups)")
+    if self.global_batch % self.micro_batch:
+      raise ValueError(f"grpo.global_batch={self.global_batch} must be a multiple of "
+                       f"micro_batch={self.micro_batch}")
+
+  @property
+  def steps_per_round(self) -> int:
+    prompts = self.data.batch_size * jax.process_count()
+    return max(1, prompts * self.rollout.num_samples // self.global_batch)
+
+
+def update_plan(groups: np.ndarray, groups_per_step: int, seed: int, round_index: int
+                ) -> list[np.ndarray]:
+  """Shuffled groups (prompt rows) split into steps; the last step may be smaller."""
+  order = np.random.default_rng([seed, round_index]).permutation(np.asarray(groups))
+  return [order[i:i + groups_per_step] for i in range(0, len(order), groups_per_step)]
+
+
+def micro_batches(ctx: RunContext, prompts: dict, rollouts: Rollouts, groups: np.ndarray,
+                  groups_per_micro: int, buckets: tuple[int, ...]) -> list[GRPOBatch]:
+  """Host-side GRPO batches for the prompt rows `groups`: their G responses each."""
+  g = rollouts.group_size
+  out = []
+  for i in range(0, len(groups), groups_per_micro):
+    rows = groups[i:i + groups_per_micro]
+    idx = (rows[:, None] * g + np.arange(g)).reshape(-1)
+    width = min(bucket(int(rollouts.lengths[idx].max()), buckets), rollouts.tokens.shape[1])
+    width = max(width, 1)
+    seq = build_sequences(ctx.model_config, select_prompts(prompts, rows),
+                          np.repeat(np.arange(len(rows)), g), rollouts.tokens[idx, :width],
+                          rollouts.lengths[idx], rope_mode=ctx.rope_mode)
+    out.append(GRPOBatch(sequences=seq, old_logp=rollouts.logprobs[idx, :width],
+                         advantages=rollouts.advantages[idx]))
+  return out
+
+
+class GRPOStage(Stage):
+  kind = "grpo"
+
+  def __init__(self, ctx: RunContext, name: str, cfg: GRPOConfig):
+    super().__init__(ctx, name, cfg.keep_checkpoints)
+    self.cfg = cfg
+
+  def rollout_path(self, round_index: int) -> str:
+    return os.path.join(self.dir, "rollouts", f"round_{round_index:05d}.jsonl")
+
+  def run(self, model) -> dict:
+    ctx, cfg = self.ctx, self.cfg
+    learner = Learner(model, dataclasses.replace(
+        cfg.optimizer, total_steps=cfg.rounds * cfg.steps_per_round), ctx.mesh,
+        rules=ctx.rules, frozen=cfg.frozen)
+    # The stage's input policy is the KL reference (also after a resume: `model` is it).
+    ref_params = learner.snapshot() if cfg.objective.kl_coef else None
+    loader = ctx.loader(cfg.data)
+    extras = self.restore(learner) or {"round": 0, "step_in_round": 0,
+                                       "loader": loader.get_state()}
+    base_key = jax.random.key(ctx.seed)
+    g = cfg.rollout.num_samples
+    history = []
+    for r in range(extras["round"], cfg.rounds):
+      loader.set_state(extras["loader"])
+      start = time.perf_counter()
+      prompts = next(loader)
+      resumed = extras["step_in_round"] > 0 and os.path.exists(self.rollout_path(r))
+      if resumed:
+        rollouts = read_rollouts(self.rollout_path(r), cfg.rollout.max_new_tokens)
+      else:
+        rollouts = collect_rollouts(
+            learner.model(), prompts, ctx.tokenizer, cfg.rollout, jax.random.fold_in(base_key, r),
+            eos_token_ids=ctx.eos_token_ids, pad_token_id=ctx.model_config.pad_token_id,
+            mesh=ctx.mesh, rules=ctx.rules)
+        write_rollouts(self.rollout_path(r), rollouts)
+      generate_s = time.perf_counter() - start
+      live = np.asarray(prompts["example_mask"], bool)
+      std = rollouts.rewards["total"].reshape(-1, g).std(1)
+      groups = np.flatnonzero(live & ((std > 0) if cfg.filter_zero_variance else True))
+      plan = update_plan(groups, cfg.global_batch // g, ctx.seed, r)
+      batches = [micro_batches(ctx, prompts, rollouts, step, cfg.micro_batch // g,
+                               cfg.data.response_buckets) for step in plan]
+      if cfg.recompute_old_logprobs:
+        batches = [[self._with_old_logp(learner, b) for b in step] for step in batches]
+      if ref_params is not None:
+        batches = [[dataclasses.replace(b, ref_logp=to_host(learner.evaluate(
+            SequenceLogprobs(), b.sequences, params=ref_params))) for b in step]
+                   for step in batches]
+      update_start = time.perf_counter()
+      for k in range(extras["step_in_round"], len(batches)):
+        metrics = learner.step(cfg.objective, batches[k])
+        ctx.writer.write(self.name, int(learner.state.step),
+                         {f"grpo/{m}": v for m, v in metrics.items()})
+        extras = {"round": r, "step_in_round": k + 1, "loader": extras["loader"]}
+        if k + 1 < len(batches):
+          self.stop_if_requested(learner, extras)
+      summary = rollouts.summary()
+      elapsed = time.perf_counter() - start
+      summary.update({
+          "grpo/round": r, "grpo/groups_trained": len(groups),
+          "time/generate_s": generate_s, "time/update_s": time.perf_counter() - update_start,
+          "time/sample_s": elapsed / max(1, int((rollouts.lengths > 0).sum())),
+          "data/skipped": sum(loader.skipped.values())})
+      ctx.writer.write(self.name, int(learner.state.step), summary)
+      history.append(summary)
+      logging.info("%s round %d/%d: reward %.3f accuracy %.3f length %.1f (%.1f s)", self.name,
+                   r + 1, cfg.rounds, summary["reward/mean"], summary.get("reward/accuracy", 0),
+                   summary["response/length_mean"], elapsed)
+      extras = {"round": r + 1, "step_in_round": 0, "loader": loader.get_state(),
+                "rng": key_to_data(base_key).tolist()}
+      if (r + 1) % cfg.save_every_rounds == 0 or r + 1 == cfg.rounds:
+        self.save(learner, extras)
+      if r + 1 < cfg.rounds:
+        self.stop_if_requested(learner, extras)
+    return self.finish(learner.model(), {"rounds": cfg.rounds,
+                                         "steps": int(learner.state.step),
+                                         "last_round": history[-1] if history else {}})
+
+  @staticmethod
+  def _with_old_logp(learner: Learner, batch: GRPOBatch) -> GRPOBatch:
+    old = learner.evaluate(SequenceLogprobs(), batch.sequences)
+    return dataclasses.replace(batch, old_logp=to_host(old))

@@ -1,0 +1,81 @@
+"""Loss functions over the model, one per stage: hashable configs a `Learner` jits as static args.
+
+Each maps (model, stage batch) -> `LossTerms` through the pure losses of `rl.losses`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from veripo_jax.rl.losses import LossTerms, dpo_loss, grpo_loss, sft_loss
+from veripo_jax.rl.sequences import SequenceBatch, response_logprobs, sequence_logprob
+
+
+@struct.dataclass
+class GRPOBatch:
+  sequences: SequenceBatch     # N = groups x G responses
+  old_logp: jax.Array          # (N, R) log-probs under the sampling policy
+  advantages: jax.Array        # (N,)
+  ref_logp: jax.Array | None = None
+
+
+@struct.dataclass
+class DPOBatch:
+  sequences: SequenceBatch     # 2P rows: chosen responses first, then the rejected ones
+  ref_logp: jax.Array          # (2P,) reference sequence log-probs, same order
+  valid: jax.Array             # (P,) 0 for padding pairs
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTObjective:
+  aggregation: str = "token-mean"
+  remat: bool = False
+
+  def __call__(self, model, batch: SequenceBatch) -> LossTerms:
+    logp, _ = response_logprobs(model, batch, remat=self.remat)
+    return sft_loss(logp, batch.loss_mask, aggregation=self.aggregation)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOObjective:
+  clip_eps: float = 0.2
+  clip_eps_high: float | None = None
+  dual_clip: float | None = 3.0
+  kl_coef: float = 0.0
+  aggregation: str = "seq-mean-token-mean"
+  remat: bool = False
+
+  def __call__(self, model, batch: GRPOBatch) -> LossTerms:
+    logp, entropy = response_logprobs(model, batch.sequences, remat=self.remat)
+    return grpo_loss(logp, batch.old_logp, batch.advantages, batch.sequences.loss_mask,
+                      ref_logp=batch.ref_logp, entropy=jax.lax.stop_gradient(entropy),
+                      clip_eps=self.clip_eps, clip_eps_high=self.clip_eps_high,
+                      dual_clip=self.dual_clip, kl_coef=self.kl_coef,
+                      aggregation=self.aggregation)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOObjective:
+  beta: float = 0.1
+  label_smoothing: float = 0.0
+  remat: bool = False
+
+  def __call__(self, model, batch: DPOBatch) -> LossTerms:
+    logp, _ = response_logprobs(model, batch.sequences, remat=self.remat)
+    seq = sequence_logprob(logp, batch.sequences.loss_mask)
+    p = seq.shape[0] // 2
+    return dpo_loss(seq[:p], seq[p:], batch.ref_logp[:p], batch.ref_logp[p:], batch.valid,
+                    beta=self.beta, label_smoothing=self.label_smoothing)
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceLogprobs:
+  """Per-token log-probs (N, R) without gradients: old/reference log-probs."""
+
+  def __call__(self, model, batch: SequenceBatch) -> jax.Array:
+    logp, _ = response_logprobs(model, batch)
+    return jnp.where(batch.loss_mask > 0, logp, 0.0)

@@ -1,0 +1,144 @@
+"""GRPO rollouts: G samples per prompt, their rewards and group advantages, stored as JSON lines.
+
+A round's rollouts are everything its updates need (tokens, sampler log-probs, advantages) and
+what the verifier reads later (text, rewards), so they are written atomically before the first
+update: a run stopped mid-round reloads them instead of sampling again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from veripo_jax.fileio import write_text_atomic
+from veripo_jax.inference import generate
+from veripo_jax.parallel.multihost import to_host
+from veripo_jax.rl.losses import group_advantages
+from veripo_jax.rl.rewards import score_rollouts
+
+_GENERATE_FIELDS = ("input_ids", "attention_mask", "position_ids", "pixel_values",
+                    "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+                    "second_per_grid_ts")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+  num_samples: int = 8            # G
+  max_new_tokens: int = 4096
+  temperature: float = 1.0
+  top_p: float = 1.0
+  top_k: int = 0
+  rewards: tuple[str, ...] = ("accuracy", "format")
+  reward_weights: tuple[float, ...] | None = None
+  advantage_eps: float = 1e-6
+  scale_advantages_by_std: bool = True
+
+
+@dataclasses.dataclass
+class Rollouts:
+  """Prompt-major responses: row i belongs to prompt row owner[i] = i // G."""
+  owner: np.ndarray              # (N,)
+  tokens: np.ndarray             # (N, T) int32, pad after the end
+  lengths: np.ndarray            # (N,) generated tokens (EOS included); 0 for padding prompts
+  logprobs: np.ndarray           # (N, T) float32 sampler log-probs
+  texts: list[str]
+  rewards: dict[str, np.ndarray]  # per reward name, plus "total"
+  advantages: np.ndarray         # (N,)
+  truncated: np.ndarray          # (N,) bool: hit max_new_tokens without EOS
+  prompt_ids: list[str]
+
+  @property
+  def group_size(self) -> int:
+    return int(np.sum(self.owner == self.owner[0]))
+
+  def records(self) -> list[dict]:
+    out = []
+    for i in range(len(self.owner)):
+      n = int(self.lengths[i])
+      out.append({
+          "prompt_id": self.prompt_ids[i], "prompt_row": int(self.owner[i]),
+          "sample": i % self.group_size, "length": n, "truncated": bool(self.truncated[i]),
+          "tokens": self.tokens[i, :n].tolist(), "logprobs": self.logprobs[i, :n].tolist(),
+          "text": self.texts[i], "advantage": float(self.advantages[i]),
+          "rewards": {k: float(v[i]) for k, v in self.rewards.items()}})
+    return out
+
+  @classmethod
+  def from_records(cls, records: Sequence[Mapping[str, Any]], width: int) -> "Rollouts":
+    n = len(records)
+    tokens = np.zeros((n, width), np.int32)
+    logprobs = np.zeros((n, width), np.float32)
+    for i, r in enumerate(records):
+      tokens[i, :r["length"]] = r["tokens"]
+      logprobs[i, :r["length"]] = r["logprobs"]
+    names = records[0]["rewards"].keys() if records else ()
+    return cls(owner=np.array([r["prompt_row"] for r in records], np.int64), tokens=tokens,
+               lengths=np.array([r["length"] for r in records], np.int64), logprobs=logprobs,
+               texts=[r["text"] for r in records],
+               rewards={k: np.array([r["rewards"][k] for r in records], np.float32)
+                        for k in names},
+               advantages=np.array([r["advantage"] for r in records], np.float32),
+               truncated=np.array([r["truncated"] for r in records], bool),
+               prompt_ids=[r["prompt_id"] for r in records])
+
+  def summary(self) -> dict[str, float]:
+    real = self.lengths > 0
+    g = self.group_size
+    total = self.rewards["total"].reshape(-1, g)
+    live = real.reshape(-1, g).any(1)
+    out = {f"reward/{k}": float(v[real].mean()) for k, v in self.rewards.items() if k != "total"}
+    out.update({
+        "reward/mean": float(self.rewards["total"][real].mean()),
+        "response/length_mean": float(self.lengths[real].mean()),
+        "response/truncated_rate": float(self.truncated[real].mean()),
+        "grpo/zero_variance_groups": float((total.std(1)[live] == 0).mean()),
+    })
+    return out
+
+
+def write_rollouts(path: str, rollouts: Rollouts) -> None:
+  """One JSON line per response (process 0 writes; atomic)."""
+  if jax.process_index() == 0:
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rollouts.records()))
+
+
+def read_rollouts(path: str, width: int) -> Rollouts:
+  with open(path, encoding="utf-8") as f:
+    return Rollouts.from_records([json.loads(line) for line in f if line.strip()], width)
+
+
+def collect_rollouts(model: nnx.Module, prompts: Mapping[str, Any], tokenizer,
+                     cfg: RolloutConfig, rng: jax.Array, *, eos_token_ids: Sequence[int],
+                     pad_token_id: int, mesh=None, rules=None) -> Rollouts:
+  """Samples G responses per prompt row, scores them, and computes group advantages."""
+  kwargs = {} if rules is None else {"rules": rules}
+  out = generate(model, {k: prompts[k] for k in _GENERATE_FIELDS if k in prompts},
+                 cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                 top_k=cfg.top_k, rng=rng, num_samples=cfg.num_samples,
+                 eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, mesh=mesh, **kwargs)
+  tokens, lengths, logprobs = (to_host(x) for x in (out.tokens, out.lengths, out.logprobs))
+  g = cfg.num_samples
+  owner = np.repeat(np.arange(len(prompts["input_ids"])), g)
+  real = np.asarray(prompts.get("example_mask", np.ones(len(owner) // g)), bool)[owner]
+  lengths = np.where(real, lengths, 0).astype(np.int64)
+  last = tokens[np.arange(len(tokens)), np.maximum(lengths - 1, 0)]
+  truncated = real & (lengths == cfg.max_new_tokens) & ~np.isin(last, eos_token_ids)
+  texts = [tokenizer.decode(tokens[i, :lengths[i]].tolist(), skip_special_tokens=True)
+           for i in range(len(tokens))]
+  examples = [{"answer": str(prompts["answer"][o]), "problem_type": str(prompts["problem_type"][o])}
+              for o in owner]
+  rewards = score_rollouts(texts, examples, names=cfg.rewards, weights=cfg.reward_weights)
+  rewards = {k: np.where(real, np.asarray(v, np.float32), 0.0) for k, v in rewards.items()}
+  adv, _ = group_advantages(rewards["total"], g, eps=cfg.advantage_eps,
+                            scale_by_std=cfg.scale_advantages_by_std)
+  return Rollouts(owner=owner, tokens=tokens.astype(np.int32), lengths=lengths,
+                  logprobs=np.where(np.arange(tokens.shape[1]) < lengths[:, None], logprobs,
+                                    0.0).astype(np.float32),
+                  texts=texts, rewards=rewards, advantages=np.asarray(adv) * real,
+                  truncated=truncated, prompt_ids=[str(prompts["id"][o]) for o in owner])

@@ -1,0 +1,141 @@
+"""Training sequences = a prompt copy + one response, with the prompt's video encoded once.
+
+GRPO trains on G responses per prompt and DPO on a chosen and a rejected response per prompt.
+Each sequence row gets a copy of its prompt's tokens and positions, but every placeholder of
+the copy points (through `feature_index`) at the same vision-feature rows, so the vision tower
+runs once per prompt in the update as in the rollout. Responses are right-padded after the
+left-padded prompt; response positions continue from the prompt's `next_position` on all three
+M-RoPE axes, exactly as during generation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig
+from veripo_jax.models.qwen2_5_vl.model import ModelInputs, Qwen25VL, prepare_inputs
+from veripo_jax.rl.losses import token_logprobs
+
+# Prompt-batch fields with one row per prompt (the loader's `Collator` output).
+_ROW_FIELDS = ("input_ids", "attention_mask", "next_position", "example_mask", "id", "answer",
+               "problem_type", "data_type", "task")
+
+
+@struct.dataclass
+class SequenceBatch:
+  inputs: ModelInputs          # (N, prompt_width + R)
+  targets: jax.Array           # (N, R) response token ids
+  loss_mask: jax.Array         # (N, R) 1 on real response tokens
+  prompt_width: int = struct.field(pytree_node=False)
+
+
+def select_prompts(batch: Mapping[str, Any], rows: Sequence[int]) -> dict:
+  """The sub-batch of prompt rows `rows` (host numpy), with their own pixel rows and grids.
+
+  Pixel rows of a batch are the videos (or images) of its rows in row order; each item owns
+  t*h*w rows of its grid. Padding rows past the grids are dropped.
+  """
+  rows = np.asarray(rows, np.int64)
+  out = {k: np.asarray(batch[k])[rows] for k in _ROW_FIELDS if k in batch}
+  out["position_ids"] = np.asarray(batch["position_ids"])[:, rows]
+  kinds = np.asarray(batch["data_type"])
+  for kind, pixels, grid_key, extra in (("video", "pixel_values_videos", "video_grid_thw",
+                                         "second_per_grid_ts"),
+                                        ("image", "pixel_values", "image_grid_thw", None)):
+    owners = np.flatnonzero(kinds == kind)               # batch row of each item
+    grid = np.asarray(batch.get(grid_key, np.zeros((0, 3))), np.int64).reshape(-1, 3)
+    if len(grid) != len(owners):
+      raise ValueError(f"{grid_key} has {len(grid)} items for {len(owners)} {kind} rows")
+    sizes = grid.prod(-1)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    new_row = {int(r): j for j, r in enumerate(rows)}
+    order = sorted((i for i, r in enumerate(owners) if int(r) in new_row),
+                   key=lambda i: new_row[int(owners[i])])
+    pv = np.asarray(batch[pixels]) if len(owners) else np.zeros((0, 1), np.float32)
+    out[pixels] = (np.concatenate([pv[starts[i]:starts[i + 1]] for i in order])
+                   if order else np.zeros((0, pv.shape[-1]), np.float32))
+    out[grid_key] = grid[order].astype(np.int32).reshape(-1, 3)
+    if extra is not None:
+      out[extra] = np.asarray(batch[extra], np.float32)[order]
+  return out
+
+
+def build_sequences(config: Qwen25VLConfig, prompts: Mapping[str, Any], owner: Sequence[int],
+                    responses: np.ndarray, lengths: Sequence[int], *, rope_mode: str = "legacy",
+                    pad_token_id: int | None = None) -> SequenceBatch:
+  """Host-side: prompt batch (K rows) + N responses of prompt rows `owner` -> SequenceBatch.
+
+  `responses (N, R)` are token ids, `lengths (N,)` the real tokens of each (the rest is padding).
+  Rows with length 0 carry no loss.
+  """
+  owner = np.asarray(owner, np.int64)
+  responses = np.asarray(responses, np.int32)
+  lengths = np.asarray(lengths, np.int64)
+  if responses.ndim != 2 or len(responses) != len(owner) or len(lengths) != len(owner):
+    raise ValueError(f"responses {responses.shape}, owner {owner.shape} and lengths "
+                     f"{lengths.shape} must agree on the number of sequences")
+  prompt_inputs, _ = prepare_inputs(
+      config, prompts["input_ids"], prompts["attention_mask"],
+      pixel_values=prompts.get("pixel_values"), image_grid_thw=prompts.get("image_grid_thw"),
+      pixel_values_videos=prompts.get("pixel_values_videos"),
+      video_grid_thw=prompts.get("video_grid_thw"),
+      second_per_grid_ts=prompts.get("second_per_grid_ts"),
+      position_ids=prompts["position_ids"], rope_mode=rope_mode)
+  n, r = responses.shape
+  width = prompt_inputs.input_ids.shape[1]
+  real = np.arange(r)[None, :] < lengths[:, None]
+  pad = config.pad_token_id if pad_token_id is None else pad_token_id
+  targets = np.where(real, responses, pad).astype(np.int32)
+  next_pos = np.asarray(prompts["next_position"], np.int64)[owner]
+  response_pos = np.broadcast_to((next_pos[:, None] + np.arange(r))[None], (3, n, r))
+  inputs = ModelInputs(
+      input_ids=np.concatenate([prompt_inputs.input_ids[owner], targets], 1),
+      attention_mask=np.concatenate([prompt_inputs.attention_mask[owner], real], 1),
+      position_ids=np.concatenate([prompt_inputs.position_ids[:, owner], response_pos], 2)
+      .astype(np.int32),
+      feature_index=np.concatenate([prompt_inputs.feature_index[owner],
+                                    np.full((n, r), -1, np.int32)], 1),
+      vision=prompt_inputs.vision)
+  return SequenceBatch(inputs=inputs, targets=targets, loss_mask=real.astype(np.float32),
+                       prompt_width=width)
+
+
+def response_logprobs(model: Qwen25VL, batch: SequenceBatch, *, remat: bool = False
+                      ) -> tuple[jax.Array, jax.Array]:
+  """log pi(response token) and the entropy at each response position, (N, R) fp32.
+
+  The token at response position j is predicted from the hidden state one column earlier;
+  only that window goes through the LM head (the prompt's logits are never formed).
+  """
+  h = model.hidden_states(batch.inputs, remat=remat)
+  r = batch.targets.shape[1]
+  window = jax.lax.dynamic_slice_in_dim(h, batch.prompt_width - 1, r, axis=1)
+  return token_logprobs(model.logits(window), batch.targets)
+
+
+def sequence_logprob(logp: jax.Array, mask: jax.Array) -> jax.Array:
+  """Sum of response-token log-probs per row (DPO's sequence log-probability)."""
+  return jnp.sum(logp * mask, axis=-1)
+
+
+def split_supervised(batch: Mapping[str, Any]) -> tuple[dict, np.ndarray, np.ndarray]:
+  """A loader batch built `with_response` -> (prompt batch, responses (K, R), lengths (K,)).
+
+  The collator appends right-padded gold responses after the left-padded prompts; the first
+  column any row marks as response is the prompt width.
+  """
+  response_mask = np.asarray(batch["response_mask"])
+  width = int(np.argmax(response_mask.any(0)))
+  prompts = dict(batch)
+  prompts["input_ids"] = np.asarray(batch["input_ids"])[:, :width]
+  prompts["attention_mask"] = np.asarray(batch["attention_mask"])[:, :width]
+  prompts["position_ids"] = np.asarray(batch["position_ids"])[:, :, :width]
+  # The collator's next_position counts the response too; generation would start here.
+  prompts["next_position"] = (prompts["position_ids"][:, :, -1].max(0) + 1).astype(np.int32)
+  lengths = response_mask[:, width:].sum(1) * np.asarray(batch["example_mask"])
+  return prompts, np.asarray(batch["input_ids"])[:, width:], lengths

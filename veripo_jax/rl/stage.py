@@ -1,0 +1,155 @@
+"""What every training stage shares: the run context, data loaders, checkpoints, stage hand-off.
+
+A stage lives in `WORKDIR/stages/<name>/`: `checkpoints/` (Orbax, keep-last-N), its stored
+rollouts or pairs, `policy/` (the Hugging Face export at the end) and `done.json`. A re-run skips
+done stages, loads the last done stage's policy, and resumes the running stage from its newest
+checkpoint. A SIGTERM makes the running stage save and exit cleanly (`Preempted`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+from absl import logging
+from jax.sharding import Mesh
+
+from veripo_jax.data.batching import BatchSpec
+from veripo_jax.data.datasets import data_source
+from veripo_jax.data.loader import Loader, LoaderConfig, make_dataset
+from veripo_jax.data.prompts import get_templates
+from veripo_jax.data.vision import VisionSettings
+from veripo_jax.fileio import write_json_atomic
+from veripo_jax.models.qwen2_5_vl import Qwen25VL, save_hf_checkpoint
+from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig
+from veripo_jax.parallel.sharding import DEFAULT_RULES
+from veripo_jax.train.checkpointing import Checkpointer
+from veripo_jax.train.learner import Learner
+from veripo_jax.train.metrics import MetricsWriter
+from veripo_jax.train.preemption import PreemptionGuard
+
+
+class Preempted(Exception):
+  """Raised after a stage saved its state because a stop (SIGTERM) was requested."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which split a stage reads and how it is batched; `batch_size` counts prompts per host."""
+  split: str = "train"
+  batch_size: int = 8
+  template: str = "video_r1_think"
+  prompt_buckets: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+  response_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
+  patch_buckets: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+  vision: VisionSettings = VisionSettings()
+  shuffle: bool = True
+  num_epochs: int | None = None
+  num_workers: int = 0
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class RunContext:
+  """Run-level objects every stage uses."""
+  workdir: str
+  mesh: Mesh
+  model_config: Qwen25VLConfig
+  tokenizer: Any
+  tokenizer_dir: str
+  dataset_dir: str
+  writer: MetricsWriter
+  guard: PreemptionGuard
+  rope_mode: str = "legacy"
+  rules: tuple = DEFAULT_RULES
+  seed: int = 0
+
+  def stage_dir(self, name: str) -> str:
+    return os.path.join(self.workdir, "stages", name)
+
+  def loader_config(self, data: DataConfig, *, with_response: bool = False,
+                    drop_remainder: bool = True) -> LoaderConfig:
+    spec = BatchSpec(batch_size=data.batch_size, prompt_buckets=data.prompt_buckets,
+                     response_buckets=data.response_buckets, patch_buckets=data.patch_buckets,
+                     with_response=with_response, drop_remainder=drop_remainder)
+    return LoaderConfig(
+        tokenizer_dir=self.tokenizer_dir, templates=get_templates(data.template),
+        vision=data.vision, batch=spec,
+        tokens_per_second=self.model_config.vision.tokens_per_second,
+        rope_mode=self.rope_mode, seed=data.seed, shuffle=data.shuffle,
+        num_epochs=data.num_epochs, num_workers=data.num_workers)
+
+  def loader(self, data: DataConfig, *, with_response: bool = False,
+             drop_remainder: bool = True) -> Loader:
+    v = self.model_config.vision
+    return Loader(make_dataset(
+        data_source(self.dataset_dir, data.split),
+        self.loader_config(data, with_response=with_response, drop_remainder=drop_remainder),
+        merge_size=v.spatial_merge_size, patch_dim=v.patch_dim,
+        gather_hosts=jax.process_count() > 1))
+
+  @property
+  def eos_token_ids(self) -> tuple[int, ...]:
+    return (self.model_config.eos_token_id,)
+
+
+class Stage:
+  """Checkpoint/resume/hand-off plumbing around one stage's training loop."""
+
+  kind = "stage"
+
+  def __init__(self, ctx: RunContext, name: str, keep_checkpoints: int = 2):
+    self.ctx = ctx
+    self.name = name
+    self.dir = ctx.stage_dir(name)
+    self.checkpointer = Checkpointer(os.path.join(self.dir, "checkpoints"),
+                                     keep=keep_checkpoints)
+
+  @property
+  def done_path(self) -> str:
+    return os.path.join(self.dir, "done.json")
+
+  @property
+  def policy_dir(self) -> str:
+    return os.path.join(self.dir, "policy")
+
+  def is_done(self) -> bool:
+    return os.path.exists(self.done_path)
+
+  def summary(self) -> dict:
+    with open(self.done_path, encoding="utf-8") as f:
+      return json.load(f)
+
+  def restore(self, learner: Learner) -> dict | None:
+    """Restores the newest checkpoint into `learner`; returns its extras (None: fresh start)."""
+    restored = self.checkpointer.restore(None, learner.abstract_state())
+    if restored is None:
+      return None
+    learner.state, extras = restored
+    self.ctx.writer.rewind(self.name, int(learner.state.step))
+    logging.info("%s: resumed at optimizer step %d", self.name, int(learner.state.step))
+    return extras
+
+  def save(self, learner: Learner, extras: dict, *, force: bool = False) -> None:
+    self.checkpointer.save(int(learner.state.step), learner.state, extras, force=force)
+
+  def stop_if_requested(self, learner: Learner, extras: dict) -> None:
+    """On a stop request: save now, wait for the write, and raise `Preempted`."""
+    if self.ctx.guard.should_stop():
+      self.save(learner, extras, force=True)
+      self.checkpointer.wait()
+      raise Preempted(f"{self.name}: stopped at optimizer step {int(learner.state.step)}")
+
+  def finish(self, model: Qwen25VL, summary: dict, *, export: bool = True) -> dict:
+    """Exports the policy (Hugging Face layout) and marks the stage done, atomically."""
+    self.checkpointer.wait()
+    if export:
+      save_hf_checkpoint(model, self.policy_dir)
+    summary = {"stage": self.name, "kind": self.kind, **summary}
+    if jax.process_index() == 0:
+      write_json_atomic(self.done_path, summary)
+    self.checkpointer.close()
+    return summary
