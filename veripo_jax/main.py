@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 from flax import nnx
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from veripo_jax.config_utils import from_config
@@ -53,12 +54,12 @@ def prepare_data(cfg, workdir: str) -> tuple[str, str]:
     world = from_config(WorldConfig, cfg.data.world, "data.world")
     root = os.path.join(workdir, "world")
     marker = os.path.join(root, "dataset_dir.txt")
-    if not os.path.exists(marker):
+    if jax.process_index() == 0 and not os.path.exists(marker):
       paths = build_world(root, seed=cfg.data.world_seed,
                           split_sizes=dict(cfg.data.split_sizes), world=world)
-      if jax.process_index() == 0:
-        write_text_atomic(marker, paths.dataset_dir)
-      return paths.tokenizer_dir, paths.dataset_dir
+      write_text_atomic(marker, paths.dataset_dir)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("veripo_world_built")
     with open(marker, encoding="utf-8") as f:
       return os.path.join(root, "tokenizer"), f.read().strip()
   if not cfg.data.dataset_dir or not cfg.data.tokenizer_dir:
