@@ -32,6 +32,8 @@ def get_config():
 
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny"               # used when no checkpoint is given (fresh weights)
+  c.model.text = ml_collections.ConfigDict()     # TextConfig fields replacing the preset's
+  c.model.vision = ml_collections.ConfigDict()   # VisionConfig fields replacing the preset's
   c.model.checkpoint = ""               # a local Hugging Face Qwen2.5-VL directory
   c.model.dtype = "float32"             # compute dtype (bfloat16 on accelerators)
   c.model.param_dtype = "float32"       # master weights
@@ -39,7 +41,7 @@ def get_config():
 
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
 
-  c.stage_order = ("sft", "grpo", "eval")
+  c.stage_order = ("sft", "eval_sft", "grpo", "eval")
   c.stages = ml_collections.ConfigDict()
   c.stages.sft = ml_collections.ConfigDict(dict(
       kind="sft", steps=120, micro_batch=16, data=_data("train", 16),
@@ -47,11 +49,12 @@ def get_config():
       frozen=(), save_every_steps=40))
   c.stages.grpo = ml_collections.ConfigDict(dict(
       kind="grpo", rounds=12, global_batch=32, micro_batch=32, data=_data("train", 8, seed=1),
-      rollout=dict(num_samples=8, max_new_tokens=160, temperature=1.0),
+      rollout=dict(num_samples=8, max_new_tokens=128, temperature=1.0),
       objective=dict(clip_eps=0.2, dual_clip=3.0, kl_coef=0.0),
       optimizer=dict(learning_rate=2e-4, warmup_ratio=0.0, schedule="constant"),
-      frozen=(), save_every_rounds=2))
-  c.stages.eval = ml_collections.ConfigDict(dict(
-      kind="eval", data=_data("heldout", 16, shuffle=False, num_epochs=1),
-      rollout=dict(num_samples=1, max_new_tokens=160, temperature=0.0)))
+      save_every_rounds=2))
+  evaluation = dict(kind="eval", data=_data("heldout", 16, shuffle=False, num_epochs=1),
+                    rollout=dict(num_samples=1, max_new_tokens=128, temperature=0.0))
+  c.stages.eval_sft = ml_collections.ConfigDict(evaluation)
+  c.stages.eval = ml_collections.ConfigDict(evaluation)
   return c

@@ -228,30 +228,26 @@ def test_progress_logs_lines_when_not_a_terminal(caplog):
   assert len(build) == 1 and build[0].startswith("build: 3 ")  # no total known: a count
 
 
-def test_preemption_guard_sigterm():
-  before = signal.getsignal(signal.SIGTERM)
-  with PreemptionGuard() as guard:
+def _signal_stops_guard(sig, **kwargs):
+  before = signal.getsignal(sig)
+  with PreemptionGuard(**kwargs) as guard:
     assert guard.installed and not guard.should_stop()
-    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), sig)
     for _ in range(200):
       if guard.should_stop():
         break
       time.sleep(0.005)
-    assert guard.should_stop() and guard.signal == signal.SIGTERM
-  assert signal.getsignal(signal.SIGTERM) is before
+    assert guard.should_stop() and guard.signal == sig
+  assert signal.getsignal(sig) is before
   assert guard.should_stop()  # stays stopped
 
 
+def test_preemption_guard_sigterm():
+  _signal_stops_guard(signal.SIGTERM)
+
+
 def test_preemption_guard_sigint_request_and_threads():
-  before = signal.getsignal(signal.SIGINT)
-  with PreemptionGuard(sigint=True) as guard:
-    os.kill(os.getpid(), signal.SIGINT)
-    for _ in range(200):
-      if guard.should_stop():
-        break
-      time.sleep(0.005)
-    assert guard.should_stop() and guard.signal == signal.SIGINT
-  assert signal.getsignal(signal.SIGINT) is before
+  _signal_stops_guard(signal.SIGINT, sigint=True)
 
   guard = PreemptionGuard()
   assert not guard.should_stop()

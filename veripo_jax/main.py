@@ -72,6 +72,11 @@ def policy_config(cfg, path: str, tokenizer) -> Qwen25VLConfig:
   if path:
     return from_hf_config(path)
   base = get_preset(cfg.model.preset)
+  base = dataclasses.replace(
+      base, text=from_config(type(base.text), {**dataclasses.asdict(base.text), **cfg.model.text},
+                             "config.model.text"),
+      vision=from_config(type(base.vision), {**dataclasses.asdict(base.vision),
+                                             **cfg.model.vision}, "config.model.vision"))
   return dataclasses.replace(base, **model_config_overrides(tokenizer, base))
 
 
@@ -100,15 +105,18 @@ def make_stage(ctx: RunContext, cfg, name: str) -> Stage:
   return stage_cls(ctx, name, stage_cfg)
 
 
-def run(cfg, workdir: str) -> dict[str, dict]:
-  """Runs (or resumes) every stage; returns their summaries by name."""
+def run(cfg, workdir: str, guard: PreemptionGuard | None = None) -> dict[str, dict]:
+  """Runs (or resumes) every stage; returns their summaries by name.
+
+  `guard` decides when to stop early (default: on SIGTERM); the stopped stage saves first.
+  """
   os.makedirs(workdir, exist_ok=True)
   tokenizer_dir, dataset_dir = prepare_data(cfg, workdir)
   tokenizer = load_tokenizer(tokenizer_dir)
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   policy_path = cfg.model.checkpoint
   summaries: dict[str, dict] = {}
-  with MetricsWriter(workdir) as writer, PreemptionGuard() as guard:
+  with MetricsWriter(workdir) as writer, guard or PreemptionGuard() as guard:
     ctx = RunContext(workdir=workdir, mesh=mesh,
                      model_config=policy_config(cfg, policy_path, tokenizer),
                      tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, dataset_dir=dataset_dir,
@@ -138,6 +146,14 @@ def main(argv):
   except Preempted as e:
     logging.warning("%s; re-run with the same --workdir to resume", e)
     sys.exit(0)
+  except BaseException:
+    if jax.process_count() > 1:
+      # The peers would wait forever in their next collective, and this process at exit
+      # for them: report and leave at once so the whole job fails fast.
+      logging.exception("fatal error on process %d", jax.process_index())
+      logging.flush()
+      os._exit(1)
+    raise
   for name, summary in summaries.items():
     print(f"{name}: {summary}")
 

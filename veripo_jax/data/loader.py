@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
@@ -171,7 +172,11 @@ class GatherHosts:
     self._collate = collate
 
   def __call__(self, examples: list[dict]) -> dict:
-    return self._collate([e for host in allgather_objects(examples) for e in host])
+    # Interleaved (host 0's first, host 1's first, ...): host h reads shuffled positions
+    # h, h + H, ..., so the global batch is the one a single process would read.
+    hosts = allgather_objects(examples)
+    return self._collate([e for row in itertools.zip_longest(*hosts) for e in row
+                          if e is not None])
 
 
 def make_dataset(source: Sequence, config: LoaderConfig, *, merge_size: int = 2,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import jax
 import numpy as np
@@ -18,10 +17,9 @@ import numpy as np
 from veripo_jax.parallel.multihost import to_host
 from veripo_jax.rl.objectives import DPOBatch, DPOObjective, SequenceLogprobs
 from veripo_jax.rl.pairs import Pair, pair_loader
-from veripo_jax.rl.sequences import build_sequences, select_prompts
-from veripo_jax.rl.stage import DataConfig, RunContext, Stage
+from veripo_jax.rl.sequences import SequenceBuilder
+from veripo_jax.rl.stage import DataConfig, RunContext, Stage, sequence_builder
 from veripo_jax.train.learner import Learner
-from veripo_jax.train.metrics import progress
 from veripo_jax.train.optimizer import OptimizerConfig
 
 
@@ -41,18 +39,15 @@ class DPOConfig:
     return max(1, math.ceil(num_pairs * self.epochs / per_step))
 
 
-def dpo_micro_batches(ctx: RunContext, batch: dict, micro_batch: int) -> list[dict]:
+def dpo_micro_batches(builder: SequenceBuilder, batch: dict, micro_batch: int) -> list[dict]:
   """Host-side (sequences, valid) per micro-batch: rows = chosen of each pair, then rejected."""
   k = len(batch["input_ids"])
   out = []
   for i in range(0, k, micro_batch):
     rows = np.arange(i, min(k, i + micro_batch))
     idx = np.concatenate([rows, rows + k])
-    lengths = batch["response_lengths"][idx]
-    width = max(1, int(lengths.max()))
-    seq = build_sequences(ctx.model_config, select_prompts(batch, rows),
-                          np.concatenate([np.arange(len(rows))] * 2),
-                          batch["responses"][idx, :width], lengths, rope_mode=ctx.rope_mode)
+    seq = builder(rows, np.concatenate([np.arange(len(rows))] * 2), batch["responses"][idx],
+                  batch["response_lengths"][idx])
     out.append({"sequences": seq, "valid": np.asarray(batch["example_mask"])[rows]})
   return out
 
@@ -81,25 +76,17 @@ class DPOStage(Stage):
     extras = self.restore(learner)
     if extras is not None:
       loader.set_state(extras["loader"])
-    metrics, t0 = {}, time.perf_counter()
-    start = int(learner.state.step)
-    for step in progress(range(start, total), total=total - start, desc=self.name):
-      batch = next(loader)
+
+    def step_fn(batch):
+      builder = sequence_builder(ctx, learner, batch, cfg.data.response_buckets)
       micro = []
-      for m in dpo_micro_batches(ctx, batch, cfg.micro_batch):
+      for m in dpo_micro_batches(builder, batch, cfg.micro_batch):
         ref = to_host(learner.evaluate(SequenceLogprobs(), m["sequences"], params=reference))
         micro.append(DPOBatch(sequences=m["sequences"], ref_logp=ref.sum(-1),
                               valid=m["valid"]))
-      metrics = {f"dpo/{k}": v for k, v in learner.step(cfg.objective, micro).items()}
-      metrics["time/sample_s"] = (time.perf_counter() - t0) / max(
-          1, int(np.sum(batch["example_mask"])))
-      ctx.writer.write(self.name, step + 1, metrics)
-      t0 = time.perf_counter()
-      extras = {"loader": loader.get_state()}
-      if (step + 1) % cfg.save_every_steps == 0:
-        self.save(learner, extras)
-      if step + 1 < total:
-        self.stop_if_requested(learner, extras)
+      return learner.step(cfg.objective, micro)
+
+    metrics = self.run_steps(learner, loader, total, cfg.save_every_steps, step_fn)
     families = {}
     for p in self.pairs:
       families[p.family] = families.get(p.family, 0) + 1

@@ -17,13 +17,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from veripo_jax.data.batching import bucket
 from veripo_jax.parallel.multihost import to_host
 from veripo_jax.rl.objectives import GRPOBatch, GRPOObjective, SequenceLogprobs
 from veripo_jax.rl.rollout import (RolloutConfig, Rollouts, collect_rollouts, read_rollouts,
                                    write_rollouts)
-from veripo_jax.rl.sequences import build_sequences, select_prompts
-from veripo_jax.rl.stage import DataConfig, RunContext, Stage
+from veripo_jax.rl.sequences import SequenceBuilder
+from veripo_jax.rl.stage import DataConfig, RunContext, Stage, sequence_builder
 from veripo_jax.train.checkpointing import key_to_data
 from veripo_jax.train.learner import Learner
 from veripo_jax.train.optimizer import OptimizerConfig
@@ -67,21 +66,21 @@ def update_plan(groups: np.ndarray, groups_per_step: int, seed: int, round_index
   return [order[i:i + groups_per_step] for i in range(0, len(order), groups_per_step)]
 
 
-def micro_batches(ctx: RunContext, prompts: dict, rollouts: Rollouts, groups: np.ndarray,
-                  groups_per_micro: int, buckets: tuple[int, ...]) -> list[GRPOBatch]:
+def micro_batches(builder: SequenceBuilder, rollouts: Rollouts, groups: np.ndarray,
+                  groups_per_micro: int) -> list[GRPOBatch]:
   """Host-side GRPO batches for the prompt rows `groups`: their G responses each."""
   g = rollouts.group_size
   out = []
   for i in range(0, len(groups), groups_per_micro):
     rows = groups[i:i + groups_per_micro]
     idx = (rows[:, None] * g + np.arange(g)).reshape(-1)
-    width = min(bucket(int(rollouts.lengths[idx].max()), buckets), rollouts.tokens.shape[1])
-    width = max(width, 1)
-    seq = build_sequences(ctx.model_config, select_prompts(prompts, rows),
-                          np.repeat(np.arange(len(rows)), g), rollouts.tokens[idx, :width],
-                          rollouts.lengths[idx], rope_mode=ctx.rope_mode)
-    out.append(GRPOBatch(sequences=seq, old_logp=rollouts.logprobs[idx, :width],
-                         advantages=rollouts.advantages[idx]))
+    seq = builder(rows, np.repeat(np.arange(len(rows)), g), rollouts.tokens[idx],
+                  rollouts.lengths[idx])
+    width = seq.targets.shape[1]
+    old = np.zeros((len(idx), width), np.float32)
+    take = min(width, rollouts.logprobs.shape[1])
+    old[:, :take] = rollouts.logprobs[idx, :take]
+    out.append(GRPOBatch(sequences=seq, old_logp=old, advantages=rollouts.advantages[idx]))
   return out
 
 
@@ -126,8 +125,8 @@ class GRPOStage(Stage):
       std = rollouts.rewards["total"].reshape(-1, g).std(1)
       groups = np.flatnonzero(live & ((std > 0) if cfg.filter_zero_variance else True))
       plan = update_plan(groups, cfg.global_batch // g, ctx.seed, r)
-      batches = [micro_batches(ctx, prompts, rollouts, step, cfg.micro_batch // g,
-                               cfg.data.response_buckets) for step in plan]
+      builder = sequence_builder(ctx, learner, prompts, cfg.data.response_buckets)
+      batches = [micro_batches(builder, rollouts, step, cfg.micro_batch // g) for step in plan]
       if cfg.recompute_old_logprobs:
         batches = [[self._with_old_logp(learner, b) for b in step] for step in batches]
       if ref_params is not None:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from veripo_jax.data.batching import bucket
 from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from veripo_jax.models.qwen2_5_vl.model import ModelInputs, Qwen25VL, prepare_inputs
 from veripo_jax.rl.losses import token_logprobs
@@ -65,13 +66,29 @@ def select_prompts(batch: Mapping[str, Any], rows: Sequence[int]) -> dict:
   return out
 
 
+def prompt_inputs(config: Qwen25VLConfig, prompts: Mapping[str, Any], *,
+                  rope_mode: str = "legacy") -> ModelInputs:
+  """Host-side model inputs of a prompt batch (positions as the collator computed them)."""
+  inputs, _ = prepare_inputs(
+      config, prompts["input_ids"], prompts["attention_mask"],
+      pixel_values=prompts.get("pixel_values"), image_grid_thw=prompts.get("image_grid_thw"),
+      pixel_values_videos=prompts.get("pixel_values_videos"),
+      video_grid_thw=prompts.get("video_grid_thw"),
+      second_per_grid_ts=prompts.get("second_per_grid_ts"),
+      position_ids=prompts["position_ids"], rope_mode=rope_mode)
+  return inputs
+
+
 def build_sequences(config: Qwen25VLConfig, prompts: Mapping[str, Any], owner: Sequence[int],
                     responses: np.ndarray, lengths: Sequence[int], *, rope_mode: str = "legacy",
-                    pad_token_id: int | None = None) -> SequenceBatch:
+                    pad_token_id: int | None = None, inputs: ModelInputs | None = None,
+                    vision_features: jax.Array | None = None) -> SequenceBatch:
   """Host-side: prompt batch (K rows) + N responses of prompt rows `owner` -> SequenceBatch.
 
   `responses (N, R)` are token ids, `lengths (N,)` the real tokens of each (the rest is padding).
-  Rows with length 0 carry no loss.
+  Rows with length 0 carry no loss. `inputs` are the prompt batch's `prompt_inputs` when
+  already computed; with `vision_features` (the tower's output for this prompt batch) the
+  sequences carry those instead of the vision inputs.
   """
   owner = np.asarray(owner, np.int64)
   responses = np.asarray(responses, np.int32)
@@ -79,28 +96,25 @@ def build_sequences(config: Qwen25VLConfig, prompts: Mapping[str, Any], owner: S
   if responses.ndim != 2 or len(responses) != len(owner) or len(lengths) != len(owner):
     raise ValueError(f"responses {responses.shape}, owner {owner.shape} and lengths "
                      f"{lengths.shape} must agree on the number of sequences")
-  prompt_inputs, _ = prepare_inputs(
-      config, prompts["input_ids"], prompts["attention_mask"],
-      pixel_values=prompts.get("pixel_values"), image_grid_thw=prompts.get("image_grid_thw"),
-      pixel_values_videos=prompts.get("pixel_values_videos"),
-      video_grid_thw=prompts.get("video_grid_thw"),
-      second_per_grid_ts=prompts.get("second_per_grid_ts"),
-      position_ids=prompts["position_ids"], rope_mode=rope_mode)
+  if inputs is None:
+    inputs = prompt_inputs(config, prompts, rope_mode=rope_mode)
+  prompt = inputs
   n, r = responses.shape
-  width = prompt_inputs.input_ids.shape[1]
+  width = prompt.input_ids.shape[1]
   real = np.arange(r)[None, :] < lengths[:, None]
   pad = config.pad_token_id if pad_token_id is None else pad_token_id
   targets = np.where(real, responses, pad).astype(np.int32)
   next_pos = np.asarray(prompts["next_position"], np.int64)[owner]
   response_pos = np.broadcast_to((next_pos[:, None] + np.arange(r))[None], (3, n, r))
   inputs = ModelInputs(
-      input_ids=np.concatenate([prompt_inputs.input_ids[owner], targets], 1),
-      attention_mask=np.concatenate([prompt_inputs.attention_mask[owner], real], 1),
-      position_ids=np.concatenate([prompt_inputs.position_ids[:, owner], response_pos], 2)
+      input_ids=np.concatenate([prompt.input_ids[owner], targets], 1),
+      attention_mask=np.concatenate([prompt.attention_mask[owner], real], 1),
+      position_ids=np.concatenate([prompt.position_ids[:, owner], response_pos], 2)
       .astype(np.int32),
-      feature_index=np.concatenate([prompt_inputs.feature_index[owner],
+      feature_index=np.concatenate([prompt.feature_index[owner],
                                     np.full((n, r), -1, np.int32)], 1),
-      vision=prompt_inputs.vision)
+      vision=prompt.vision if vision_features is None else None,
+      vision_features=vision_features)
   return SequenceBatch(inputs=inputs, targets=targets, loss_mask=real.astype(np.float32),
                        prompt_width=width)
 
@@ -139,3 +153,44 @@ def split_supervised(batch: Mapping[str, Any]) -> tuple[dict, np.ndarray, np.nda
   prompts["next_position"] = (prompts["position_ids"][:, :, -1].max(0) + 1).astype(np.int32)
   lengths = response_mask[:, width:].sum(1) * np.asarray(batch["example_mask"])
   return prompts, np.asarray(batch["input_ids"])[:, width:], lengths
+
+
+def encode_vision(model: Qwen25VL, batch: Mapping[str, Any]) -> jax.Array:
+  """The vision tower's features for `batch["vision"]` (a `Learner.evaluate` function)."""
+  return model.visual(batch["vision"])
+
+
+class SequenceBuilder:
+  """Training sequences for one prompt batch, with bucketed response widths.
+
+  With a frozen vision tower (`learner` given), the batch's features are computed once here
+  and every micro-batch gathers from them, so update shapes no longer depend on which prompts
+  a micro-batch holds. Otherwise each micro-batch carries its own prompts' vision inputs.
+  """
+
+  def __init__(self, config: Qwen25VLConfig, prompts: Mapping[str, Any], *,
+               response_buckets: Sequence[int], rope_mode: str = "legacy", learner=None):
+    self.config, self.prompts = config, prompts
+    self.response_buckets = tuple(response_buckets)
+    self.rope_mode = rope_mode
+    self.inputs, self.features = None, None
+    if learner is not None:
+      self.inputs = prompt_inputs(config, prompts, rope_mode=rope_mode)
+      if self.inputs.vision is not None:
+        self.features = learner.evaluate(encode_vision, {"vision": self.inputs.vision})
+
+  def __call__(self, rows: Sequence[int], owner: Sequence[int], responses: np.ndarray,
+               lengths: Sequence[int]) -> SequenceBatch:
+    """Responses of prompt rows `rows`; `owner[i]` is the position in `rows` of response i."""
+    rows, owner = np.asarray(rows, np.int64), np.asarray(owner, np.int64)
+    lengths = np.asarray(lengths, np.int64)
+    width = bucket(max(1, int(lengths.max(initial=1))), self.response_buckets)
+    padded = np.full((len(owner), width), self.config.pad_token_id, np.int32)
+    take = min(width, responses.shape[1])
+    padded[:, :take] = responses[:, :take]
+    if self.inputs is not None:
+      return build_sequences(self.config, self.prompts, rows[owner], padded, lengths,
+                             rope_mode=self.rope_mode, inputs=self.inputs,
+                             vision_features=self.features)
+    return build_sequences(self.config, select_prompts(self.prompts, rows), owner, padded,
+                           lengths, rope_mode=self.rope_mode)

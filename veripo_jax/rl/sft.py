@@ -7,15 +7,13 @@ micro-batches of `micro_batch` examples.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 
 from veripo_jax.rl.objectives import SFTObjective
-from veripo_jax.rl.sequences import build_sequences, select_prompts, split_supervised
-from veripo_jax.rl.stage import DataConfig, RunContext, Stage
+from veripo_jax.rl.sequences import split_supervised
+from veripo_jax.rl.stage import DataConfig, RunContext, Stage, sequence_builder
 from veripo_jax.train.learner import Learner
-from veripo_jax.train.metrics import progress
 from veripo_jax.train.optimizer import OptimizerConfig
 
 
@@ -31,16 +29,13 @@ class SFTConfig:
   keep_checkpoints: int = 2
 
 
-def sft_micro_batches(ctx: RunContext, batch: dict, micro_batch: int) -> list:
+def sft_micro_batches(ctx: RunContext, learner: Learner, batch: dict, micro_batch: int,
+                      response_buckets) -> list:
   prompts, responses, lengths = split_supervised(batch)
+  builder = sequence_builder(ctx, learner, prompts, response_buckets)
   rows = np.flatnonzero(np.asarray(batch["example_mask"]))
-  out = []
-  for i in range(0, len(rows), micro_batch):
-    part = rows[i:i + micro_batch]
-    out.append(build_sequences(ctx.model_config, select_prompts(prompts, part),
-                               np.arange(len(part)), responses[part], lengths[part],
-                               rope_mode=ctx.rope_mode))
-  return out
+  return [builder(part, np.arange(len(part)), responses[part], lengths[part])
+          for part in (rows[i:i + micro_batch] for i in range(0, len(rows), micro_batch))]
 
 
 class SFTStage(Stage):
@@ -58,19 +53,8 @@ class SFTStage(Stage):
     extras = self.restore(learner)
     if extras is not None:
       loader.set_state(extras["loader"])
-    start_step, t0, metrics = int(learner.state.step), time.perf_counter(), {}
-    for step in progress(range(start_step, cfg.steps), total=cfg.steps - start_step,
-                         desc=self.name):
-      batch = next(loader)
-      metrics = learner.step(cfg.objective, sft_micro_batches(ctx, batch, cfg.micro_batch))
-      metrics = {f"sft/{k}": v for k, v in metrics.items()}
-      metrics["time/sample_s"] = (time.perf_counter() - t0) / max(
-          1, int(np.sum(batch["example_mask"])))
-      ctx.writer.write(self.name, step + 1, metrics)
-      t0 = time.perf_counter()
-      extras = {"loader": loader.get_state()}
-      if (step + 1) % cfg.save_every_steps == 0:
-        self.save(learner, extras)
-      if step + 1 < cfg.steps:
-        self.stop_if_requested(learner, extras)
+    metrics = self.run_steps(
+        learner, loader, cfg.steps, cfg.save_every_steps,
+        lambda batch: learner.step(cfg.objective, sft_micro_batches(
+            ctx, learner, batch, cfg.micro_batch, cfg.data.response_buckets)))
     return self.finish(learner.model(), {"steps": cfg.steps, "last": metrics})

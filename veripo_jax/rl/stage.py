@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from veripo_jax.data.batching import BatchSpec
@@ -26,9 +29,10 @@ from veripo_jax.fileio import write_json_atomic
 from veripo_jax.models.qwen2_5_vl import Qwen25VL, save_hf_checkpoint
 from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from veripo_jax.parallel.sharding import DEFAULT_RULES
+from veripo_jax.rl.sequences import SequenceBuilder
 from veripo_jax.train.checkpointing import Checkpointer
 from veripo_jax.train.learner import Learner
-from veripo_jax.train.metrics import MetricsWriter
+from veripo_jax.train.metrics import MetricsWriter, progress
 from veripo_jax.train.preemption import PreemptionGuard
 
 
@@ -96,6 +100,14 @@ class RunContext:
     return (self.model_config.eos_token_id,)
 
 
+def sequence_builder(ctx: RunContext, learner: Learner, prompts: dict,
+                     response_buckets) -> SequenceBuilder:
+  """Shares the vision features across micro-batches when the vision tower is frozen."""
+  frozen_vision = not learner.trains(r"^visual\.")
+  return SequenceBuilder(ctx.model_config, prompts, response_buckets=response_buckets,
+                         rope_mode=ctx.rope_mode, learner=learner if frozen_vision else None)
+
+
 class Stage:
   """Checkpoint/resume/hand-off plumbing around one stage's training loop."""
 
@@ -127,6 +139,7 @@ class Stage:
     """Restores the newest checkpoint into `learner`; returns its extras (None: fresh start)."""
     restored = self.checkpointer.restore(None, learner.abstract_state())
     if restored is None:
+      self.ctx.writer.rewind(self.name, -1)     # lines of an earlier, unfinished attempt
       return None
     learner.state, extras = restored
     self.ctx.writer.rewind(self.name, int(learner.state.step))
@@ -143,6 +156,25 @@ class Stage:
       self.checkpointer.wait()
       raise Preempted(f"{self.name}: stopped at optimizer step {int(learner.state.step)}")
 
+  def run_steps(self, learner: Learner, loader: Loader, total: int, save_every: int,
+                step_fn: Callable[[dict], dict]) -> dict:
+    """One optimizer step per loader batch up to `total` (SFT, DPO): metrics, periodic saves
+    and stops. `step_fn(batch)` runs the step and returns its metrics; returns the last ones."""
+    start, t0, metrics = int(learner.state.step), time.perf_counter(), {}
+    for step in progress(range(start, total), total=total - start, desc=self.name):
+      batch = next(loader)
+      metrics = {f"{self.kind}/{k}": v for k, v in step_fn(batch).items()}
+      metrics["time/sample_s"] = (time.perf_counter() - t0) / max(
+          1, int(np.sum(batch["example_mask"])))
+      self.ctx.writer.write(self.name, step + 1, metrics)
+      t0 = time.perf_counter()
+      extras = {"loader": loader.get_state()}
+      if (step + 1) % save_every == 0:
+        self.save(learner, extras)
+      if step + 1 < total:
+        self.stop_if_requested(learner, extras)
+    return metrics
+
   def finish(self, model: Qwen25VL, summary: dict, *, export: bool = True) -> dict:
     """Exports the policy (Hugging Face layout) and marks the stage done, atomically."""
     self.checkpointer.wait()
@@ -151,5 +183,7 @@ class Stage:
     summary = {"stage": self.name, "kind": self.kind, **summary}
     if jax.process_index() == 0:
       write_json_atomic(self.done_path, summary)
+    if jax.process_count() > 1:            # the next stage reads what process 0 wrote
+      multihost_utils.sync_global_devices(f"veripo_stage_done_{self.name}")
     self.checkpointer.close()
     return summary

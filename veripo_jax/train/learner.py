@@ -70,7 +70,7 @@ def batch_sharding_tree(batch, mesh: Mesh, data_axes: Sequence[str] = ("data", "
 
   def spec(path, x):
     names = [getattr(k, "name", getattr(k, "key", None)) for k in path]
-    if "vision" in names or np.ndim(x) == 0:
+    if "vision" in names or "vision_features" in names or np.ndim(x) == 0:
       return NamedSharding(mesh, P())
     axis = 1 if names[-1] == "position_ids" else 0
     if x.shape[axis] % ways:
@@ -84,6 +84,8 @@ def batch_sharding_tree(batch, mesh: Mesh, data_axes: Sequence[str] = ("data", "
 def put_global(tree, shardings):
   """Host numpy (identical on every process) -> global arrays; each process fills its shards."""
   def put(x, sharding):
+    if isinstance(x, jax.Array):          # already global (e.g. features computed on the mesh)
+      return jax.device_put(x, sharding)
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
   return jax.tree.map(put, tree, shardings)
@@ -121,6 +123,12 @@ class Learner:
     """The current policy as a module (shares buffers with the train state; do not donate)."""
     return nnx.merge(self.graphdef, self.state.params if params is None else params,
                      self.frozen)
+
+  def trains(self, pattern: str) -> bool:
+    """Whether any trainable parameter's dotted path matches regex `pattern`."""
+    paths = jax.tree_util.tree_flatten_with_path(self.state.params)[0]
+    return any(re.search(pattern, ".".join(str(getattr(k, "key", getattr(k, "name", k)))
+                                           for k in path)) for path, _ in paths)
 
   def snapshot(self) -> nnx.State:
     """A copy of the current trainable parameters (a frozen reference policy)."""

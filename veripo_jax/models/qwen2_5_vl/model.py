@@ -30,6 +30,9 @@ class ModelInputs:
   position_ids: jax.Array     # (3, B, L) int32 M-RoPE positions
   feature_index: jax.Array    # (B, L) int32 row of the vision features for placeholders, else -1
   vision: VisionInputs | None = None
+  # Precomputed vision-tower outputs (F, D) instead of `vision` (a frozen tower's features,
+  # computed once per prompt batch and reused by every update on it).
+  vision_features: jax.Array | None = None
 
 
 @struct.dataclass
@@ -135,8 +138,11 @@ class Qwen25VL(nnx.Module):
 
   def embed(self, inputs: ModelInputs) -> jax.Array:
     x = self.embed_tokens(inputs.input_ids).astype(self.dtype)
-    if inputs.vision is not None:
-      feats = self.visual(inputs.vision).astype(x.dtype)
+    feats = inputs.vision_features
+    if feats is None and inputs.vision is not None:
+      feats = self.visual(inputs.vision)
+    if feats is not None:
+      feats = feats.astype(x.dtype)
       idx = inputs.feature_index
       x = jnp.where((idx >= 0)[..., None], feats[jnp.maximum(idx, 0)], x)
     return constrain(x, ("batch", "length", "embed"))
