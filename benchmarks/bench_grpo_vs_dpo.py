@@ -31,7 +31,8 @@ from veripo_jax.parallel.sharding import make_mesh, shard_model
 from veripo_jax.rl.dpo import dpo_micro_batches
 from veripo_jax.rl.grpo import micro_batches, update_plan
 from veripo_jax.rl.objectives import DPOBatch, DPOObjective, GRPOObjective, SequenceLogprobs
-from veripo_jax.rl.pairs import Pair, pair_loader
+from veripo_jax.rl.pair_data import pair_loader
+from veripo_jax.rl.pairs import Pair
 from veripo_jax.rl.rollout import RolloutConfig, collect_rollouts
 from veripo_jax.rl.stage import DataConfig, RunContext, sequence_builder
 from veripo_jax.train.learner import Learner

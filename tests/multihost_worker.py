@@ -9,7 +9,6 @@ Set XLA_FLAGS (device count) and JAX_PLATFORMS in the environment before startin
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -22,11 +21,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_config(args):
   """configs/tiny.py, cut down to a short GRPO-only run on the given world."""
-  spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(_REPO, "configs",
-                                                                            "tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config()
+  from veripo_jax.config_utils import load_config_file
+  cfg = load_config_file(os.path.join(_REPO, "configs", "tiny.py"))
   cfg.data.synthetic = False
   cfg.data.dataset_dir = args.dataset_dir
   cfg.data.tokenizer_dir = args.tokenizer_dir

@@ -1,7 +1,6 @@
 """The stage runner end to end on a small synthetic world: stop/resume equals an uninterrupted
 run, and a stopped stage leaves nothing half-written."""
 
-import importlib.util
 import json
 import os
 
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 
 from veripo_jax import main as runner
+from veripo_jax.config_utils import load_config_file
 from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.world import WorldConfig
 from veripo_jax.rl.stage import Preempted
@@ -19,11 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config():
-  spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(REPO,
-                                                                            "configs/tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(os.path.join(REPO, "configs/tiny.py"))
 
 
 @pytest.fixture(scope="module")

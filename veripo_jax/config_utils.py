@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import typing
 from typing import Any, Mapping, TypeVar
 
@@ -44,3 +45,13 @@ def _dataclass_type(hint) -> type | None:
     if dataclasses.is_dataclass(arg):
       return arg
   return None
+
+
+def load_config_file(path: str, arg: str | None = None):
+  """`get_config(arg)` of an ml-collections config file, for programmatic runs and tests."""
+  spec = importlib.util.spec_from_file_location(f"veripo_config_{abs(hash(path))}", path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f"{path}: not a Python config file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if arg is None else module.get_config(arg)

@@ -16,7 +16,8 @@ import numpy as np
 
 from veripo_jax.parallel.multihost import to_host
 from veripo_jax.rl.objectives import DPOBatch, DPOObjective, SequenceLogprobs
-from veripo_jax.rl.pairs import Pair, pair_loader
+from veripo_jax.rl.pair_data import pair_loader
+from veripo_jax.rl.pairs import Pair
 from veripo_jax.rl.sequences import SequenceBuilder
 from veripo_jax.rl.stage import DataConfig, RunContext, Stage, sequence_builder
 from veripo_jax.train.learner import Learner

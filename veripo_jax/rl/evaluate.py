@@ -43,9 +43,7 @@ def evaluate(ctx: RunContext, model, cfg: EvalConfig, *, desc: str = "eval"
     for rec, owner in zip(rollouts.records(), rollouts.owner):
       if rec["length"] > 0:
         rec.pop("logprobs")
-        rec.update(task=str(prompts["task"][owner]), answer=str(prompts["answer"][owner]),
-                   problem_type=str(prompts["problem_type"][owner]),
-                   source_index=int(prompts["source_index"][owner]))
+        rec["task"] = str(prompts["task"][owner])
         records.append(rec)
   return summarize(records, time.perf_counter() - start), records
 

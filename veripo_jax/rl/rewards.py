@@ -110,7 +110,7 @@ def normalize_problem_type(problem_type: str) -> str:
 _LATEX_WRAP = re.compile(r"\\(?:boxed|text|textbf|mathrm|mathbf|fbox)\s*\{([^{}]*)\}")
 
 
-def _unwrap(text: str) -> str:
+def unwrap_answer(text: str) -> str:
   """Drop `$` and `\\boxed{}`-style wrappers (up to 3 nested: deeper nesting is not an answer)."""
   for _ in range(3):
     text = _LATEX_WRAP.sub(r"\1", text)
@@ -154,15 +154,15 @@ def _multiple_choice(pred: str, gold: str, options: Sequence[str] | None,
   """
   if len(pred) > max_chars:
     return 0.0
-  text = _unwrap(pred)
+  text = unwrap_answer(pred)
   if text and _fold(text) == _fold(gold):
     return 1.0
   letter = _gold_letter(gold, options)
   return float(letter is not None and {c.lower() for c in _LETTER.findall(text)} == {letter})
 
 
-_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
-_THOUSANDS = re.compile(r"(?<=[0-9]),(?=[0-9]{3}(?![0-9]))")
+NUMBER_RE = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+THOUSANDS_RE = re.compile(r"(?<=[0-9]),(?=[0-9]{3}(?![0-9]))")
 
 
 def _to_number(text: str) -> Decimal | None:
@@ -171,7 +171,7 @@ def _to_number(text: str) -> Decimal | None:
   ASCII digits only. Decimal keeps `1e999999` and 1000-digit integers exact; exponents beyond
   Decimal's range (InvalidOperation) count as no number.
   """
-  numbers = _NUMBER.findall(_THOUSANDS.sub("", _unwrap(text)))
+  numbers = NUMBER_RE.findall(THOUSANDS_RE.sub("", unwrap_answer(text)))
   if len(numbers) != 1:
     return None
   try:

@@ -51,6 +51,9 @@ class Rollouts:
   advantages: np.ndarray         # (N,)
   truncated: np.ndarray          # (N,) bool: hit max_new_tokens without EOS
   prompt_ids: list[str]
+  source_index: np.ndarray       # (N,) the prompt's position in its dataset split
+  answers: list[str]             # gold answer of each response's prompt
+  problem_types: list[str]
 
   @property
   def group_size(self) -> int:
@@ -62,6 +65,8 @@ class Rollouts:
       n = int(self.lengths[i])
       out.append({
           "prompt_id": self.prompt_ids[i], "prompt_row": int(self.owner[i]),
+          "source_index": int(self.source_index[i]), "answer": self.answers[i],
+          "problem_type": self.problem_types[i],
           "sample": i % self.group_size, "length": n, "truncated": bool(self.truncated[i]),
           "tokens": self.tokens[i, :n].tolist(), "logprobs": self.logprobs[i, :n].tolist(),
           "text": self.texts[i], "advantage": float(self.advantages[i]),
@@ -84,7 +89,10 @@ class Rollouts:
                         for k in names},
                advantages=np.array([r["advantage"] for r in records], np.float32),
                truncated=np.array([r["truncated"] for r in records], bool),
-               prompt_ids=[r["prompt_id"] for r in records])
+               prompt_ids=[r["prompt_id"] for r in records],
+               source_index=np.array([r["source_index"] for r in records], np.int64),
+               answers=[r["answer"] for r in records],
+               problem_types=[r["problem_type"] for r in records])
 
   def summary(self) -> dict[str, float]:
     real = self.lengths > 0
@@ -130,8 +138,8 @@ def collect_rollouts(model: nnx.Module, prompts: Mapping[str, Any], tokenizer,
   truncated = real & (lengths == cfg.max_new_tokens) & ~np.isin(last, eos_token_ids)
   texts = [tokenizer.decode(tokens[i, :lengths[i]].tolist(), skip_special_tokens=True)
            for i in range(len(tokens))]
-  examples = [{"answer": str(prompts["answer"][o]), "problem_type": str(prompts["problem_type"][o])}
-              for o in owner]
+  examples = [{"answer": str(prompts["answer"][o]),
+               "problem_type": str(prompts["problem_type"][o])} for o in owner]
   rewards = score_rollouts(texts, examples, names=cfg.rewards, weights=cfg.reward_weights)
   rewards = {k: np.where(real, np.asarray(v, np.float32), 0.0) for k, v in rewards.items()}
   adv, _ = group_advantages(rewards["total"], g, eps=cfg.advantage_eps,
@@ -140,4 +148,7 @@ def collect_rollouts(model: nnx.Module, prompts: Mapping[str, Any], tokenizer,
                   logprobs=np.where(np.arange(tokens.shape[1]) < lengths[:, None], logprobs,
                                     0.0).astype(np.float32),
                   texts=texts, rewards=rewards, advantages=np.asarray(adv) * real,
-                  truncated=truncated, prompt_ids=[str(prompts["id"][o]) for o in owner])
+                  truncated=truncated, prompt_ids=[str(prompts["id"][o]) for o in owner],
+                  source_index=np.asarray(prompts["source_index"], np.int64)[owner],
+                  answers=[e["answer"] for e in examples],
+                  problem_types=[e["problem_type"] for e in examples])

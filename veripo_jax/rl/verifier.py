@@ -1,0 +1,580 @@
+"""The Rollout-Aware Verifier (reference/veripo_method.md §4): checks every GRPO rollout and
+builds the DPO preference pairs.
+
+Input contract: the JSON-line records of `Rollouts.records()` (`prompt_id`, `sample`, `tokens`
+with EOS, `truncated`, `text`, ...) plus, per record, `source_index` (the example's position in
+its split, which a `Pair` names), `answer` (the gold answer) and `problem_type`; `options` is
+optional (maps an answer given as option text to its letter). Records with no tokens (padding
+prompts of a partial batch) are skipped. A group is every record sharing a `prompt_id`, so
+records of several rounds may be concatenated.
+
+Checks per rollout i, on r_i (think text) and a_i (answer text):
+  accuracy      r_a of §2 recomputed from the text and gold (not read from the stored rewards,
+                whose names and weights are the GRPO stage's choice); correct ⇔ r_a ≥
+                correct_threshold.
+  length        tokens of r_i under the `encode` given to `verify` (the tokenizer that encodes
+                reflection pairs), compared with `max_reasoning_tokens`.
+  truncated     the sampler's flag: the length limit was hit without EOS, so no finished
+                `</answer>` (a response that stopped without `</answer>` fails the format check).
+  repetition    `repetition_ratio` on r_i's words (see there).
+  consistency   the judge's Yes/No; anything else falls back to `rule_consistent`. Only
+                rollouts with a non-empty think and answer are judged.
+A rollout is good if well-formed, correct, consistent, not repetitive and not truncated.
+
+Pairs per prompt (chosen is always the preferred good rollout: the longest reasoning within
+`max_reasoning_tokens`, then those over it from the shortest; ties broken by `seed`). Families
+take turns in `families` order, one pair each per turn, until `max_pairs_per_prompt`; a rollout
+is rejected in at most one pair. Rejected candidates, best first:
+  consistency   inconsistent rollouts, correct ones first (§4).
+  penalty       repetitive, truncated or badly formatted ones, correct ones first (the pair then
+                differs by the defect alone).
+  accuracy      incorrect ones, clean (well-formed, not repetitive, not truncated) ones first.
+  reflection    clean incorrect ones whose reasoning is non-empty and whose joined reasoning
+                (r_wrong + phrase + r_good) fits `max_reasoning_tokens`; a repetitive or
+                unfinished r_wrong would be taught as part of the chosen response.
+Default order: consistency (the verifier's own signal, the inconsistency the method targets),
+penalty (degenerate outputs GRPO rewards only through format), accuracy (what GRPO already
+optimizes), reflection (synthetic, off-policy text) last.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+
+from veripo_jax.fileio import write_json_atomic, write_text_atomic
+from veripo_jax.rl.pairs import Pair, write_pairs
+from veripo_jax.rl.rewards import (NUMBER_RE, THOUSANDS_RE, unwrap_answer, accuracy_reward,
+                                   parse_response)
+
+JUDGE_PROMPT = (
+    "You check whether a model's reasoning supports its final answer.\n"
+    "Reasoning:\n"
+    "{reasoning}\n"
+    "Final answer: {answer}\n"
+    "Does the reasoning conclude with exactly this final answer? Reply with one word: Yes or No.")
+FAMILIES = ("consistency", "penalty", "accuracy", "reflection")
+CONSISTENT, INCONSISTENT, UNKNOWN = "consistent", "inconsistent", "unknown"
+
+Encode = Callable[[str], Sequence[int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifierConfig:
+  judge_prompt: str = JUDGE_PROMPT   # {reasoning} and {answer} are filled in
+  judge_max_tokens: int = 8          # reply budget: one word and an end token
+  max_reasoning_tokens: int = 4096   # length limit on r_i (the §1 response limit)
+  repetition_ngram: int = 10
+  short_text_words: int = 100        # reasoning with fewer words uses short_repetition_ngram
+  short_repetition_ngram: int = 4
+  repetition_threshold: float = 0.4  # repetitive if the ratio is above this
+  correct_threshold: float = 0.5
+  reflection_phrase: str = "Wait, let me check this again."
+  max_pairs_per_prompt: int = 2
+  families: tuple[str, ...] = FAMILIES   # enabled families, in priority order
+  seed: int = 0
+
+  def __post_init__(self):
+    unknown = sorted(set(self.families) - set(FAMILIES))
+    if unknown or len(set(self.families)) != len(self.families):
+      raise ValueError(f"families {self.families}: each at most once, from {FAMILIES}")
+    for field in ("{reasoning}", "{answer}"):
+      if field not in self.judge_prompt:
+        raise ValueError(f"judge_prompt lacks the {field} placeholder")
+    if min(self.repetition_ngram, self.short_repetition_ngram, self.judge_max_tokens) < 1:
+      raise ValueError("n-gram sizes and judge_max_tokens must be ≥ 1")
+    if self.max_pairs_per_prompt < 0 or self.max_reasoning_tokens < 1:
+      raise ValueError("max_pairs_per_prompt must be ≥ 0 and max_reasoning_tokens ≥ 1")
+
+
+# --- repetition --------------------------------------------------------------------------------
+
+def _words(text: str) -> list[str]:
+  return re.findall(r"\w+", text.casefold())
+
+
+def repetition_ratio(text: str, n: int) -> float:
+  """Share of the word n-grams that repeat an earlier one: 1 − distinct / all (0 below n words).
+
+  Words are case-folded `\\w+` runs. §4 words it "distinct n-grams seen more than once / all
+  n-grams", which is at most 0.5 and falls as a loop goes on (one phrase looped m times scores
+  about 1/m); this ratio rises to 1 − 1/m instead, so the 0.4 threshold flags loops.
+  """
+  words = _words(text)
+  grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+  return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def reasoning_repetition(text: str, cfg: VerifierConfig) -> float:
+  short = len(_words(text)) < cfg.short_text_words
+  return repetition_ratio(text, cfg.short_repetition_ngram if short else cfg.repetition_ngram)
+
+
+# --- the consistency rule ----------------------------------------------------------------------
+
+_SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
+_ANSWER_CUE = re.compile(r"\b(?:answer|option|choice)\s+(?:is|(?:would|should|must|will)\s+be)"
+                         r"\s*:?\s*|\banswer\s*[:=]\s*", re.I)
+_OPTION_CORRECT = re.compile(r"\b(?:option|choice)\s+\(?([A-J])\)?\s+(?:is|seems|looks)\s+"
+                             r"(?:correct|right)\b", re.I)
+_BOXED = re.compile(r"\\boxed\s*\{([^{}]*)\}")
+_CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|overall|in\s+conclusion|"
+                         r"in\s+summary)\b", re.I)
+_LEAD_LETTER = re.compile(r"(?:(?i:option|choice)\s+)?[(\[*\"']*([A-J])(?![A-Za-z0-9])")
+# A standalone capital A–J; "I" only when it is not the pronoun ("I think", "I'm").
+_LETTER = re.compile(r"(?<![A-Za-z0-9'])([A-HJ]|I(?!['’]|\s+[a-z]))(?![A-Za-z0-9'])")
+_LETTER_ANSWER = re.compile(r"(?:option\s+)?\(?([A-J])\)?(?:[.):]\s*.*)?", re.I | re.S)
+_OPTION = re.compile(r"\s*\(?([A-Ja-j])\s*[.):]\s*(.*)", re.S)
+_MAX_CUES = 8
+
+
+def _fold(text: str) -> str:
+  return " ".join(_words(text))
+
+
+def _numbers(text: str) -> list[Decimal]:
+  out = []
+  for s in NUMBER_RE.findall(THOUSANDS_RE.sub("", text)):
+    try:
+      out.append(Decimal(s))
+    except InvalidOperation:
+      pass
+  return out
+
+
+def _option_letters(options: Sequence[str] | None) -> dict[str, str]:
+  """Folded option text -> letter (`A. red cube` or, unlettered, by position)."""
+  out = {}
+  for i, option in enumerate((options or ())[:10]):
+    match = _OPTION.fullmatch(option)
+    letter, body = (match.group(1), match.group(2)) if match else ("ABCDEFGHIJ"[i], option)
+    out[_fold(body)] = letter.upper()
+  return out
+
+
+def _answer_value(answer: str, options: Sequence[str] | None) -> tuple[str, Any] | None:
+  """(kind, value) of an answer tag: ("letter", "B") for `B`, `(B)`, `$B$`, `B. text`;
+  ("number", Decimal) when it holds exactly one number; else ("text", folded words)."""
+  text = unwrap_answer(answer or "")
+  match = _LETTER_ANSWER.fullmatch(text)
+  if match:
+    return "letter", match.group(1).upper()
+  folded, letters = _fold(text), _option_letters(options)
+  if not folded:
+    return None
+  if folded in letters:
+    return "letter", letters[folded]
+  numbers = _numbers(text)
+  return ("number", numbers[0]) if len(numbers) == 1 else ("text", folded)
+
+
+def _explicit_value(phrase: str, kind: str, options: Sequence[str] | None):
+  """The value right after an explicit cue: a leading letter (capital, or the phrase is one
+  letter) or an option's text; the first number; or the folded phrase."""
+  text = unwrap_answer(phrase)
+  if kind == "letter":
+    match = _LEAD_LETTER.match(text) or re.fullmatch(r"\W*([a-jA-J])\W*", text)
+    if match:
+      return match.group(1).upper()
+    return _option_letters(options).get(_fold(text))
+  if kind == "number":
+    numbers = _numbers(text)
+    return numbers[0] if numbers else None
+  return _fold(text) or None
+
+
+def _clause_value(clause: str, kind: str):
+  """The last standalone capital letter or the last number of a conclusion clause."""
+  if kind == "letter":
+    letters = _LETTER.findall(clause)
+    return letters[-1] if letters else None
+  if kind == "number":
+    numbers = _numbers(clause)
+    return numbers[-1] if numbers else None
+  return None
+
+
+def _final_token_value(sentence: str, kind: str):
+  """A final token that is only a capital letter or only a number (brackets, `$`, `*` and
+  closing punctuation aside)."""
+  token = THOUSANDS_RE.sub("", sentence.split()[-1]).strip("()[]*$.!:,")
+  if kind == "letter":
+    return token if re.fullmatch(r"[A-J]", token) else None
+  if kind == "number" and NUMBER_RE.fullmatch(token):
+    numbers = _numbers(token)
+    return numbers[0] if numbers else None
+  return None
+
+
+def _sentence_value(sentence: str, kind: str, options: Sequence[str] | None, final: bool):
+  # (cue start, phrase span); a cue's phrase runs to the sentence end. Only the last few cues
+  # are read: a looping "the answer is the answer is …" would otherwise cost quadratic time.
+  cues = [(m.start(), m.end(), len(sentence)) for m in _ANSWER_CUE.finditer(sentence)]
+  cues += [(m.start(), *m.span(1)) for m in _OPTION_CORRECT.finditer(sentence)]
+  cues += [(m.start(), *m.span(1)) for m in _BOXED.finditer(sentence)]
+  for _, start, end in sorted(cues, reverse=True)[:_MAX_CUES]:
+    value = _explicit_value(sentence[start:end], kind, options)
+    if value is not None:
+      return value
+  conclusion = _CONCLUSION.search(sentence)
+  value = _clause_value(sentence[conclusion.end():], kind) if conclusion else None
+  if value is None and final:
+    value = _final_token_value(sentence, kind)
+  return value
+
+
+def stated_answer(reasoning: str, kind: str, options: Sequence[str] | None = None):
+  """The last answer the reasoning states, read as `kind` ("letter" → "B", "number" → Decimal,
+  "text" → folded words), or None.
+
+  Sentences (split after `.!?` + space, and at newlines) are read from the last back; the first
+  that states an answer decides. Within a sentence: an explicit cue ("the answer is X", "answer:
+  X", "option X is correct", `\\boxed{X}`; the last cue that yields a value), else a conclusion
+  clause ("so/therefore/thus/hence/overall … X": its last capital letter or number), else, in
+  the final sentence only, a bare final letter or number. Letters and numbers are only read for
+  letter and number answers; a text answer needs an explicit cue.
+  """
+  sentences = [s for s in _SENTENCES.split(reasoning or "") if s.strip()]
+  for i in range(len(sentences) - 1, -1, -1):
+    value = _sentence_value(sentences[i], kind, options, final=i == len(sentences) - 1)
+    if value is not None:
+      return value
+  return None
+
+
+def rule_consistent(reasoning: str, answer: str,
+                    options: Sequence[str] | None = None) -> bool | None:
+  """Whether the reasoning's last stated answer equals the answer tag (letters; numbers within
+  1e-6 relative; folded words), the kind read from the tag; None when either is missing."""
+  target = _answer_value(answer, options)
+  if target is None:
+    return None
+  kind, gold = target
+  stated = stated_answer(reasoning, kind, options)
+  if stated is None:
+    return None
+  if kind == "number":
+    return math.isclose(float(stated), float(gold), rel_tol=1e-6)
+  return stated == gold
+
+
+# --- judges ------------------------------------------------------------------------------------
+
+class Judge(Protocol):
+  def verdicts(self, items: Sequence[tuple[str, str]]) -> list[str | None]:
+    """Raw replies for (reasoning, answer) items, in order; None = failure or timeout."""
+
+
+class GenerationClient(Protocol):
+  def generate_many(self, prompts: Sequence[Sequence[int]],
+                    max_tokens: int) -> list[list[int] | None]: ...
+
+
+_LEADING_THINK = re.compile(r"\s*<think>.*?</think>", re.S)
+
+
+def parse_verdict(reply: str | None) -> str:
+  """First word of the reply (a reasoning judge's leading `<think>…</think>` dropped),
+  case-folded, punctuation stripped: yes → consistent, no → inconsistent, else unknown."""
+  if reply is None:
+    return UNKNOWN
+  words = _LEADING_THINK.sub("", reply, count=1).split()
+  word = re.sub(r"^\W+|\W+$", "", words[0]).casefold() if words else ""
+  return {"yes": CONSISTENT, "no": INCONSISTENT}.get(word, UNKNOWN)
+
+
+def render_judge_prompt(template: str, reasoning: str, answer: str) -> str:
+  """One pass over the placeholders, so braces or placeholders inside the texts stay literal."""
+  values = {"reasoning": reasoning, "answer": answer}
+  return re.sub(r"\{(reasoning|answer)\}", lambda m: values[m.group(1)], template)
+
+
+class RuleJudge:
+  """No judge model: every verdict is unknown, so every judged rollout uses the rule (and the
+  metrics show it: fallbacks = judged rollouts, judge agreement undefined)."""
+
+  def verdicts(self, items: Sequence[tuple[str, str]]) -> list[str | None]:
+    return [None] * len(items)
+
+
+class PromptJudge:
+  """A small LLM behind a generation client (`generate_many(prompt_ids, max_tokens)`, e.g.
+  veripo_jax.serving.client): the prompt is rendered in the tokenizer's chat template when it has
+  one (a user turn plus the generation prompt), otherwise encoded as plain text."""
+
+  def __init__(self, client: GenerationClient, tokenizer, prompt: str = JUDGE_PROMPT,
+               max_tokens: int = 8):
+    self.client = client
+    self.tokenizer = tokenizer
+    self.prompt = prompt
+    self.max_tokens = max_tokens
+
+  def prompt_ids(self, reasoning: str, answer: str) -> list[int]:
+    text = render_judge_prompt(self.prompt, reasoning, answer)
+    if not getattr(self.tokenizer, "chat_template", None):
+      return list(self.tokenizer.encode(text))
+    text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                              tokenize=False, add_generation_prompt=True)
+    return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+  def verdicts(self, items: Sequence[tuple[str, str]]) -> list[str | None]:
+    if not items:
+      return []
+    outs = self.client.generate_many([self.prompt_ids(r, a) for r, a in items], self.max_tokens)
+    return [None if ids is None else self.tokenizer.decode(list(ids), skip_special_tokens=True)
+            for ids in outs]
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RolloutCheck:
+  prompt_id: str
+  source_index: int
+  sample: int
+  accuracy: float
+  correct: bool
+  well_formed: bool
+  reasoning_tokens: int
+  truncated: bool
+  repetition: float
+  repetitive: bool
+  judged: bool                    # had a non-empty think and answer, so the judge was asked
+  judge_reply: str | None         # the raw reply (None: not judged, or the judge failed)
+  verdict: str                    # the judge's: consistent | inconsistent | unknown
+  rule_consistent: bool | None    # the rule's, on every judged rollout (None: undecided)
+  consistent: bool | None         # the judge's, else the rule's (fallback); None: undecided
+  fallback: bool
+  good: bool
+
+  @property
+  def clean(self) -> bool:
+    return self.well_formed and not self.repetitive and not self.truncated
+
+
+_REQUIRED = ("prompt_id", "source_index", "sample", "tokens", "truncated", "text", "answer",
+             "problem_type")
+
+
+def _reasoning(text: str, think: str | None) -> str:
+  """r_i: the think text; without a complete pair, what follows the last `<think>` up to
+  `<answer>` (a truncated response's unfinished reasoning)."""
+  if think is not None:
+    return think
+  text = text.rsplit("<think>", 1)[-1]
+  return text.split("<answer>", 1)[0].strip()
+
+
+def _checked_records(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+  out = []
+  for i, record in enumerate(records):
+    if "tokens" in record and len(record["tokens"]) == 0:
+      continue
+    missing = [k for k in _REQUIRED if k not in record]
+    if missing:
+      raise ValueError(f"rollout record {i} lacks {missing} (see the verifier's input contract)")
+    out.append(record)
+  return out
+
+
+# --- pairs -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Member:
+  record: Mapping[str, Any]
+  check: RolloutCheck
+  think: str | None
+  answer: str | None
+
+
+def _preference(cfg: VerifierConfig) -> Callable[[_Member], tuple]:
+  def key(m: _Member) -> tuple:
+    n = m.check.reasoning_tokens
+    return (n > cfg.max_reasoning_tokens, n if n > cfg.max_reasoning_tokens else -n)
+  return key
+
+
+def _pair(best: _Member, rejected: _Member, family: str) -> Pair:
+  return Pair(prompt_id=str(best.record["prompt_id"]),
+              source_index=int(best.record["source_index"]), family=family,
+              chosen_tokens=tuple(best.record["tokens"]),
+              rejected_tokens=tuple(rejected.record["tokens"]),
+              chosen_text=best.record["text"], rejected_text=rejected.record["text"])
+
+
+def reflection_text(wrong_reasoning: str, phrase: str, good_reasoning: str,
+                    good_answer: str) -> str:
+  return (f"<think>{wrong_reasoning} {phrase} {good_reasoning}</think>"
+          f"<answer>{good_answer}</answer>")
+
+
+def _family_pairs(family: str, best: _Member, members: list[_Member], used: set[int],
+                  cfg: VerifierConfig, encode: Encode, eos_id: int
+                  ) -> Iterator[tuple[int, Pair]]:
+  """(member index, pair) for the family's unused rejected candidates, best first; lazy, so
+  `used` is read when the family's turn comes and a reflection is encoded only then."""
+  if family == "consistency":
+    pool = [i for i, m in enumerate(members) if m.check.consistent is False]
+    pool.sort(key=lambda i: not members[i].check.correct)
+  elif family == "penalty":
+    pool = [i for i, m in enumerate(members) if not m.check.clean]
+    pool.sort(key=lambda i: not members[i].check.correct)
+  elif family == "accuracy":
+    pool = [i for i, m in enumerate(members) if not m.check.correct]
+    pool.sort(key=lambda i: not members[i].check.clean)
+  else:
+    pool = [i for i, m in enumerate(members)
+            if not m.check.correct and m.check.clean and m.think]
+  for i in pool:
+    if i in used:
+      continue
+    rejected = members[i]
+    if family != "reflection":
+      if tuple(rejected.record["tokens"]) != tuple(best.record["tokens"]):
+        yield i, _pair(best, rejected, family)
+      continue
+    joined = f"{rejected.think} {cfg.reflection_phrase} {best.think}"
+    if len(encode(joined)) > cfg.max_reasoning_tokens:
+      continue
+    text = reflection_text(rejected.think, cfg.reflection_phrase, best.think, best.answer)
+    yield i, dataclasses.replace(_pair(best, rejected, family),
+                                 chosen_tokens=(*encode(text), eos_id), chosen_text=text)
+
+
+def _group_pairs(members: list[_Member], cfg: VerifierConfig, encode: Encode,
+                 eos_id: int) -> list[Pair]:
+  """One prompt's pairs: families take turns in priority order (module docstring)."""
+  prompt_id = str(members[0].record["prompt_id"])
+  members = sorted(members, key=lambda m: (int(m.record["sample"]), m.record["text"]))
+  random.Random(f"{cfg.seed}/{prompt_id}").shuffle(members)  # the seeded tie-break
+  goods = sorted((m for m in members if m.check.good), key=_preference(cfg))
+  if not goods or cfg.max_pairs_per_prompt == 0:
+    return []
+  best = goods[0]
+  pairs, used = [], set()
+  sources = {f: _family_pairs(f, best, members, used, cfg, encode, eos_id)
+             for f in cfg.families}
+  while sources and len(pairs) < cfg.max_pairs_per_prompt:
+    for family in list(sources):
+      found = next(sources[family], None)
+      if found is None:
+        del sources[family]
+        continue
+      used.add(found[0])
+      pairs.append(found[1])
+      if len(pairs) == cfg.max_pairs_per_prompt:
+        break
+  return pairs
+
+
+# --- the verifier ------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class VerifierResult:
+  pairs: list[Pair]
+  checks: list[RolloutCheck]
+  metrics: dict[str, float]
+
+
+def _rate(count: int, total: int) -> float:
+  return count / total if total else math.nan
+
+
+def verify(records: Sequence[Mapping[str, Any]], judge: Judge, cfg: VerifierConfig,
+           encode: Encode, eos_id: int) -> VerifierResult:
+  """Checks every rollout, asks the judge once for all judged ones, builds each prompt's pairs.
+
+  `encode(text) -> token ids` must add no special tokens (for a Hugging Face tokenizer:
+  `lambda t: tok.encode(t, add_special_tokens=False)`); `eos_id` ends reflection responses as
+  the sampler's EOS ends the stored ones. Deterministic for given records, replies and seed.
+  """
+  records = _checked_records(records)
+  parsed = [parse_response(r["text"]) for r in records]
+  judged = [bool(p.think) and bool(p.answer) for p in parsed]
+  items = [(p.think, p.answer) for p, j in zip(parsed, judged) if j]
+  replies = list(judge.verdicts(items))
+  if len(replies) != len(items):
+    raise ValueError(f"judge answered {len(replies)} of {len(items)} items")
+  reply_iter = iter(replies)
+
+  members = []
+  for record, p, is_judged in zip(records, parsed, judged):
+    reasoning = _reasoning(record["text"], p.think)
+    accuracy = accuracy_reward(record["text"], record["answer"], record["problem_type"],
+                               options=record.get("options"))
+    reply = next(reply_iter) if is_judged else None
+    verdict = parse_verdict(reply) if is_judged else UNKNOWN
+    rule = rule_consistent(p.think, p.answer, record.get("options")) if is_judged else None
+    fallback = is_judged and verdict == UNKNOWN
+    consistent = rule if fallback else (None if verdict == UNKNOWN else verdict == CONSISTENT)
+    repetition = reasoning_repetition(reasoning, cfg)
+    correct = accuracy >= cfg.correct_threshold
+    repetitive = repetition > cfg.repetition_threshold
+    truncated = bool(record["truncated"])
+    check = RolloutCheck(
+        prompt_id=str(record["prompt_id"]), source_index=int(record["source_index"]),
+        sample=int(record["sample"]), accuracy=accuracy, correct=correct,
+        well_formed=p.well_formed, reasoning_tokens=len(encode(reasoning)) if reasoning else 0,
+        truncated=truncated, repetition=repetition, repetitive=repetitive, judged=is_judged,
+        judge_reply=reply, verdict=verdict, rule_consistent=rule, consistent=consistent,
+        fallback=fallback,
+        good=p.well_formed and correct and consistent is True and not repetitive
+        and not truncated)
+    members.append(_Member(record, check, p.think, p.answer))
+
+  groups: dict[str, list[_Member]] = collections.defaultdict(list)
+  for m in members:
+    groups[m.check.prompt_id].append(m)
+  for prompt_id, group in groups.items():
+    if len({m.check.source_index for m in group}) > 1:
+      raise ValueError(f"prompt {prompt_id!r} has records with different source_index")
+  pairs = [p for group in groups.values() for p in _group_pairs(group, cfg, encode, eos_id)]
+  checks = [m.check for m in members]
+  return VerifierResult(pairs, checks, _metrics(checks, groups, pairs, cfg))
+
+
+def _metrics(checks: list[RolloutCheck], groups: Mapping[str, list[_Member]], pairs: list[Pair],
+             cfg: VerifierConfig) -> dict[str, float]:
+  """Counts and rates; a rate with nothing to count is NaN (written as null)."""
+  n = len(checks)
+  judged = [c for c in checks if c.judged]
+  compared = [c for c in judged if c.verdict != UNKNOWN and c.rule_consistent is not None]
+  family_counts = collections.Counter(p.family for p in pairs)
+  metrics = {
+      "verifier/rollouts": n,
+      "verifier/prompts": len(groups),
+      "verifier/prompts_without_good": sum(not any(m.check.good for m in g)
+                                           for g in groups.values()),
+      "verifier/judged": len(judged),
+      "verifier/fallbacks": sum(c.fallback for c in checks),
+      "verifier/undecided": sum(c.consistent is None for c in judged),
+      "verifier/inconsistency_rate": _rate(sum(c.consistent is False for c in judged),
+                                           len(judged)),
+      "verifier/judge_agreement": _rate(sum((c.verdict == CONSISTENT) == c.rule_consistent
+                                            for c in compared), len(compared)),
+      "verifier/correct_rate": _rate(sum(c.correct for c in checks), n),
+      "verifier/good_rate": _rate(sum(c.good for c in checks), n),
+      "verifier/repetitive_rate": _rate(sum(c.repetitive for c in checks), n),
+      "verifier/truncated_rate": _rate(sum(c.truncated for c in checks), n),
+  }
+  metrics.update({f"verifier/pairs_{f}": family_counts[f] for f in cfg.families})
+  metrics["verifier/pairs_total"] = len(pairs)
+  return metrics
+
+
+def write_verifier_outputs(directory: str, result: VerifierResult) -> None:
+  """pairs.jsonl, checks.jsonl, then metrics.json (last: its presence marks a complete run),
+  each written atomically."""
+  write_pairs(os.path.join(directory, "pairs.jsonl"), result.pairs)
+  write_text_atomic(os.path.join(directory, "checks.jsonl"),
+                    "".join(json.dumps(dataclasses.asdict(c)) + "\n" for c in result.checks))
+  write_json_atomic(os.path.join(directory, "metrics.json"),
+                    {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                     for k, v in result.metrics.items()})

@@ -1,0 +1,52 @@
+"""Every google-jetstream 0.2.2 compatibility fix, in one place.
+
+JetStream's engine and orchestrator are imported only through `jetstream()`: the import pulls
+seqio -> TensorFlow (seconds), so nothing outside the server should pay for it, and it has side
+effects to undo. (The generated gRPC protos are light; the client imports them directly.)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import types
+
+import jax
+
+
+@functools.cache
+def jetstream() -> types.SimpleNamespace:
+  """The JetStream modules the server needs, imported once with the fixes applied.
+
+  - `jax.tree_map` (removed from current jax) is what the orchestrator calls to free prefixes;
+    without it the first request kills the process.
+  - Importing the orchestrator sets the root logger to DEBUG and adds a stdout handler
+    (hundreds of lines per request): both are restored.
+  """
+  if not hasattr(jax, "tree_map"):
+    jax.tree_map = jax.tree.map
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  root = logging.getLogger()
+  level, handlers = root.level, list(root.handlers)
+  try:
+    from jetstream.core import orchestrator
+    from jetstream.core.proto import jetstream_pb2, jetstream_pb2_grpc
+    from jetstream.engine import engine_api, tokenizer_api, tokenizer_pb2
+  finally:
+    root.setLevel(level)
+    for handler in root.handlers[:]:
+      if handler not in handlers:
+        root.removeHandler(handler)
+  return types.SimpleNamespace(
+      engine_api=engine_api, tokenizer_api=tokenizer_api, tokenizer_pb2=tokenizer_pb2,
+      orchestrator=orchestrator, jetstream_pb2=jetstream_pb2,
+      jetstream_pb2_grpc=jetstream_pb2_grpc)
+
+
+def check_max_prefill_length(n: int) -> int:
+  """JetStream's `pad_tokens` pads to powers of two from 16 and accepts only one of them in
+  [16, 32768] as the maximum: anything else crashes the prefill thread, so refuse it up front."""
+  if n not in [2 ** i for i in range(4, 16)]:
+    raise ValueError(f"max_prefill_length must be a power of two in [16, 32768], got {n}")
+  return n
