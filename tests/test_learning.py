@@ -16,9 +16,8 @@ MIN_GAIN = 0.1
 
 def test_grpo_raises_heldout_accuracy(tmp_path):
   cfg = load_config_file(os.path.join(REPO, "configs/tiny.py"))
-  cfg.data.split_sizes = {"train": 192, "heldout": 48}
-  cfg.stages.sft.steps = 60
-  cfg.stages.grpo.rounds = 16
+  cfg.data.split_sizes = {"train": 256, "heldout": 48}
+  cfg.stages.grpo.rounds = 30
   summaries = runner.run(cfg, str(tmp_path))
   before = summaries["eval_sft"]["metrics"]
   after = summaries["eval"]["metrics"]
