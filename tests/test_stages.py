@@ -3,6 +3,7 @@ run, and a stopped stage leaves nothing half-written."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from veripo_jax import main as runner
 from veripo_jax.config_utils import load_config_file
 from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.world import WorldConfig
+from veripo_jax.rl.pairs import Pair, write_pairs
 from veripo_jax.rl.stage import Preempted
 from veripo_jax.train.metrics import read_metrics
 from veripo_jax.train.preemption import PreemptionGuard
@@ -66,10 +68,16 @@ def _series(workdir, stage, key):
   return [(r["step"], r[key]) for r in read_metrics(workdir, stage) if key in r]
 
 
-def test_stop_and_resume_equals_uninterrupted_run(world, tmp_path):
+@pytest.fixture(scope="module")
+def straight(world, tmp_path_factory):
+  """An uninterrupted sft -> grpo run of `small_run_config`."""
+  workdir = tmp_path_factory.mktemp("straight")
+  runner.run(small_run_config(world), str(workdir))
+  return workdir
+
+
+def test_stop_and_resume_equals_uninterrupted_run(world, straight, tmp_path):
   cfg = small_run_config(world)
-  straight = tmp_path / "straight"
-  runner.run(cfg, str(straight))
 
   resumed = tmp_path / "resumed"
   with pytest.raises(Preempted, match="sft"):
@@ -102,3 +110,34 @@ def test_unknown_stage_field_is_an_error(world, tmp_path):
     cfg.stages.sft.learning_rate = 1.0                       # belongs in optimizer
   with pytest.raises(ValueError, match=r"config.stages.sft: unknown field\(s\) \['learning_rate'\]"):
     runner.run(cfg, str(tmp_path / "bad"))
+
+
+def test_dpo_stage_on_pairs_from_stored_rollouts(world, straight, tmp_path):
+  """Best-vs-worst pairs from the GRPO rollouts train a DPO stage that starts from GRPO's
+  exported policy; its first step's chosen/rejected rewards start at 0 (policy = reference)."""
+  workdir = tmp_path / "run"
+  shutil.copytree(straight, workdir)
+  records = [json.loads(line) for name in ("round_00000.jsonl", "round_00001.jsonl")
+             for line in (workdir / "stages/grpo/rollouts" / name).read_text().splitlines()]
+  pairs = []
+  for i in range(0, len(records), 2):
+    a, b = records[i], records[i + 1]
+    if a["tokens"] != b["tokens"]:
+      pairs.append(Pair(a["prompt_id"], a["source_index"], "test", tuple(a["tokens"]),
+                        tuple(b["tokens"])))
+  assert len(pairs) >= 4
+  write_pairs(str(tmp_path / "pairs.jsonl"), pairs)
+  cfg = small_run_config(world)
+  cfg.stage_order = ("sft", "grpo", "dpo")
+  with cfg.unlocked():
+    cfg.stages.dpo = dict(kind="dpo", pairs=str(tmp_path / "pairs.jsonl"), epochs=1.0,
+                          micro_batch=2, data=dict(cfg.stages.grpo.data.to_dict(), batch_size=4),
+                          optimizer=dict(learning_rate=1e-3))
+  summaries = runner.run(cfg, str(workdir))
+  assert summaries["dpo"]["steps"] == -(-len(pairs) // 4)
+  steps = [r for r in read_metrics(workdir, "dpo") if "dpo/loss" in r]
+  assert [r["step"] for r in steps] == list(range(1, len(steps) + 1))
+  first = steps[0]
+  np.testing.assert_allclose(first["dpo/loss"], np.log(2), atol=1e-5)   # -log sigmoid(0)
+  np.testing.assert_allclose(first["dpo/margin"], 0.0, atol=1e-5)
+  assert os.path.exists(workdir / "stages/dpo/policy/config.json")
