@@ -39,5 +39,10 @@ def write_text_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+def write_jsonl_atomic(path: str, records) -> None:
+  """One JSON document per line (rollouts, pairs, checks, responses), written atomically."""
+  write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
 def write_json_atomic(path: str, payload: dict) -> None:
   write_text_atomic(path, json.dumps(payload, indent=2))

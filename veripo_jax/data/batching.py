@@ -109,6 +109,6 @@ class Collator:
         pixel_values=images, image_grid_thw=image_grid)
     for field in TEXT_FIELDS:
       batch[field] = np.array([e[field] for e in examples] + [""] * (rows - real), object)
-    batch["source_index"] = np.array([e.get("source_index", -1) for e in examples] + [-1] * (rows - real),
-                                     np.int64)
+    batch["source_index"] = np.array(
+        [e.get("source_index", -1) for e in examples] + [-1] * (rows - real), np.int64)
     return batch

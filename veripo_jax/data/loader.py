@@ -179,10 +179,18 @@ class GatherHosts:
                           if e is not None])
 
 
-def make_dataset(source: Sequence, config: LoaderConfig, *, merge_size: int = 2,
-                 patch_dim: int = 1176, process_index: int | None = None,
-                 process_count: int | None = None, gather_hosts: bool = False) -> BatchDataset:
-  """The whole pipeline as one Grain `IterDataset` of host-local numpy batches.
+def collator(config: LoaderConfig, merge_size: int, patch_dim: int) -> Collator:
+  ids = SpecialIds.from_tokenizer(load_tokenizer(config.tokenizer_dir))
+  return Collator(config.batch, ids, patch_dim, merge_size, config.tokens_per_second,
+                  config.rope_mode)
+
+
+def batch_pipeline(ds: grain.MapDataset, transform: grain.transforms.Map, collate: Callable,
+                   config: LoaderConfig, *, process_index: int | None = None,
+                   process_count: int | None = None, gather_hosts: bool = False
+                   ) -> BatchDataset:
+  """Seeded shuffle -> repeat -> per-host shard -> `transform` in readers (or workers) ->
+  drop-and-count -> `collate` batches: the tail every loader of examples shares.
 
   Every host shuffles the full index space with the same seed, then keeps every
   `process_count`-th element from `process_index`: disjoint shards that cover the data.
@@ -190,19 +198,25 @@ def make_dataset(source: Sequence, config: LoaderConfig, *, merge_size: int = 2,
   """
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
-  ds = grain.MapDataset.source(source).map_with_index(_with_source_index)
   if config.shuffle:
     ds = ds.seed(config.seed).shuffle()
-  ds = ds.repeat(config.num_epochs)[index::count]
-  ds = ds.map(ExampleProcessor(config, merge_size))
+  ds = ds.repeat(config.num_epochs)[index::count].map(transform)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                             prefetch_buffer_size=config.prefetch))
   if config.num_workers:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
-  ids = SpecialIds.from_tokenizer(load_tokenizer(config.tokenizer_dir))
-  collate = Collator(config.batch, ids, patch_dim, merge_size, config.tokens_per_second,
-                     config.rope_mode)
   return BatchDataset(it, GatherHosts(collate) if gather_hosts else collate, config.batch)
+
+
+def make_dataset(source: Sequence, config: LoaderConfig, *, merge_size: int = 2,
+                 patch_dim: int = 1176, process_index: int | None = None,
+                 process_count: int | None = None, gather_hosts: bool = False) -> BatchDataset:
+  """The whole pipeline over a dataset split as one Grain `IterDataset` of numpy batches."""
+  return batch_pipeline(grain.MapDataset.source(source).map_with_index(_with_source_index),
+                        ExampleProcessor(config, merge_size),
+                        collator(config, merge_size, patch_dim), config,
+                        process_index=process_index, process_count=process_count,
+                        gather_hosts=gather_hosts)
 
 
 def to_global(batch: Mapping[str, Any], mesh: jax.sharding.Mesh,

@@ -8,6 +8,7 @@ reference survives restarts without being checkpointed).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 
@@ -88,8 +89,6 @@ class DPOStage(Stage):
       return learner.step(cfg.objective, micro)
 
     metrics = self.run_steps(learner, loader, total, cfg.save_every_steps, step_fn)
-    families = {}
-    for p in self.pairs:
-      families[p.family] = families.get(p.family, 0) + 1
+    families = dict(collections.Counter(p.family for p in self.pairs))
     return self.finish(learner.model(), {"steps": total, "pairs": len(self.pairs),
                                          "pair_families": families, "last": metrics})

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 import time
 
 import jax
 import numpy as np
 
-from veripo_jax.fileio import write_text_atomic
+from veripo_jax.fileio import write_jsonl_atomic
 from veripo_jax.rl.rollout import RolloutConfig, collect_rollouts
 from veripo_jax.rl.stage import DataConfig, RunContext, Stage
 from veripo_jax.train.metrics import progress
@@ -75,6 +74,5 @@ class EvalStage(Stage):
     metrics, records = evaluate(self.ctx, model, self.cfg, desc=self.name)
     self.ctx.writer.write(self.name, 0, metrics)
     if jax.process_index() == 0:
-      write_text_atomic(os.path.join(self.dir, "responses.jsonl"),
-                        "".join(json.dumps(r) + "\n" for r in records))
+      write_jsonl_atomic(os.path.join(self.dir, "responses.jsonl"), records)
     return self.finish(model, {"metrics": metrics}, export=False)

@@ -14,9 +14,8 @@ import numpy as np
 
 from veripo_jax.data.batching import Collator
 from veripo_jax.data.datasets import data_source
-from veripo_jax.data.loader import (BatchDataset, ExampleProcessor, GatherHosts, Loader,
-                                   LoaderConfig)
-from veripo_jax.data.tokenization import SpecialIds, load_tokenizer
+from veripo_jax.data.loader import (ExampleProcessor, Loader, LoaderConfig, batch_pipeline,
+                                   collator)
 from veripo_jax.rl.pairs import Pair
 
 
@@ -61,15 +60,8 @@ def pair_loader(pairs: Sequence[Pair], dataset_dir: str, split: str, config: Loa
                 merge_size: int, patch_dim: int, process_index: int = 0,
                 process_count: int = 1, gather_hosts: bool = False) -> Loader:
   """Shuffled (seeded), repeated DPO batches of `config.batch.batch_size` pairs per host."""
-  ds = grain.MapDataset.source(list(pairs))
-  if config.shuffle:
-    ds = ds.seed(config.seed).shuffle()
-  ds = ds.repeat(config.num_epochs)[process_index::process_count]
-  ds = ds.map(PairProcessor(data_source(dataset_dir, split), ExampleProcessor(config, merge_size)))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
-                                            prefetch_buffer_size=config.prefetch))
-  ids = SpecialIds.from_tokenizer(load_tokenizer(config.tokenizer_dir))
-  collate = PairCollator(Collator(config.batch, ids, patch_dim, merge_size,
-                                  config.tokens_per_second, config.rope_mode))
-  return Loader(BatchDataset(it, GatherHosts(collate) if gather_hosts else collate,
-                            config.batch))
+  transform = PairProcessor(data_source(dataset_dir, split), ExampleProcessor(config, merge_size))
+  return Loader(batch_pipeline(grain.MapDataset.source(list(pairs)), transform,
+                               PairCollator(collator(config, merge_size, patch_dim)), config,
+                               process_index=process_index, process_count=process_count,
+                               gather_hosts=gather_hosts))

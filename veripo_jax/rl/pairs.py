@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Any, Mapping, Sequence
 
-from veripo_jax.fileio import write_text_atomic
+from veripo_jax.fileio import write_jsonl_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Pair:
 
 
 def write_pairs(path: str, pairs: Sequence[Pair]) -> None:
-  write_text_atomic(path, "".join(json.dumps(p.to_json()) + "\n" for p in pairs))
+  write_jsonl_atomic(path, [p.to_json() for p in pairs])
 
 
 def read_pairs(path: str) -> list[Pair]:

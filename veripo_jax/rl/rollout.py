@@ -15,9 +15,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from veripo_jax.fileio import write_text_atomic
+from veripo_jax.fileio import write_jsonl_atomic
 from veripo_jax.inference import generate
 from veripo_jax.parallel.multihost import to_host
+from veripo_jax.parallel.sharding import DEFAULT_RULES
 from veripo_jax.rl.losses import group_advantages
 from veripo_jax.rl.rewards import score_rollouts
 
@@ -112,7 +113,7 @@ class Rollouts:
 def write_rollouts(path: str, rollouts: Rollouts) -> None:
   """One JSON line per response (process 0 writes; atomic)."""
   if jax.process_index() == 0:
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rollouts.records()))
+    write_jsonl_atomic(path, rollouts.records())
 
 
 def read_rollouts(path: str, width: int) -> Rollouts:
@@ -122,13 +123,12 @@ def read_rollouts(path: str, width: int) -> Rollouts:
 
 def collect_rollouts(model: nnx.Module, prompts: Mapping[str, Any], tokenizer,
                      cfg: RolloutConfig, rng: jax.Array, *, eos_token_ids: Sequence[int],
-                     pad_token_id: int, mesh=None, rules=None) -> Rollouts:
+                     pad_token_id: int, mesh=None, rules=DEFAULT_RULES) -> Rollouts:
   """Samples G responses per prompt row, scores them, and computes group advantages."""
-  kwargs = {} if rules is None else {"rules": rules}
   out = generate(model, {k: prompts[k] for k in _GENERATE_FIELDS if k in prompts},
                  cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                  top_k=cfg.top_k, rng=rng, num_samples=cfg.num_samples,
-                 eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, mesh=mesh, **kwargs)
+                 eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, mesh=mesh, rules=rules)
   tokens, lengths, logprobs = (to_host(x) for x in (out.tokens, out.lengths, out.logprobs))
   g = cfg.num_samples
   owner = np.repeat(np.arange(len(prompts["input_ids"])), g)

@@ -1,4 +1,5 @@
-"""The SFT stage: masked next-token loss on gold responses (cold starts; the tiny world's warm start).
+"""The SFT stage: masked next-token loss on gold responses (cold starts, the tiny world's warm
+start).
 
 One optimizer step per loader batch (`data.batch_size` examples per host), accumulated over
 micro-batches of `micro_batch` examples.

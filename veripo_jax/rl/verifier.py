@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 import os
 import random
@@ -49,7 +48,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
-from veripo_jax.fileio import write_json_atomic, write_text_atomic
+from veripo_jax.fileio import write_json_atomic, write_jsonl_atomic
 from veripo_jax.rl.pairs import Pair, write_pairs
 from veripo_jax.rl.rewards import (NUMBER_RE, THOUSANDS_RE, unwrap_answer, accuracy_reward,
                                    parse_response)
@@ -573,8 +572,8 @@ def write_verifier_outputs(directory: str, result: VerifierResult) -> None:
   """pairs.jsonl, checks.jsonl, then metrics.json (last: its presence marks a complete run),
   each written atomically."""
   write_pairs(os.path.join(directory, "pairs.jsonl"), result.pairs)
-  write_text_atomic(os.path.join(directory, "checks.jsonl"),
-                    "".join(json.dumps(dataclasses.asdict(c)) + "\n" for c in result.checks))
+  write_jsonl_atomic(os.path.join(directory, "checks.jsonl"),
+                     [dataclasses.asdict(c) for c in result.checks])
   write_json_atomic(os.path.join(directory, "metrics.json"),
                     {k: None if isinstance(v, float) and not math.isfinite(v) else v
                      for k, v in result.metrics.items()})
