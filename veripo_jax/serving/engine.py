@@ -1,4 +1,6 @@
-"""A JetStream (0.2.2) Engine over our Qwen2.5-VL KV-cache decoder, text-only: the verifier's judge.
+"""A JetStream (0.2.2) Engine over our KV-cache decoder, text-only: the verifier's judge.
+
+The model is a text-only Qwen2 / Qwen2.5 checkpoint or the language model of a Qwen2.5-VL one.
 
 Each decode slot owns one cache row with its own write index (requests join at different generate
 steps), so `generate` runs the model's `decode_step` vmapped over slots. A prompt is left-aligned
@@ -183,7 +185,9 @@ class QwenEngine(_js.engine_api.Engine):
     vocab = self.config.text.vocab_size
     if ids.min() < 0 or ids.max() >= vocab:
       return f"token ids must be in [0, {vocab}), got [{ids.min()}, {ids.max()}]"
-    if np.isin(ids, (self.config.image_token_id, self.config.video_token_id)).any():
+    placeholders = (() if self.config.vision is None else
+                    (self.config.image_token_id, self.config.video_token_id))
+    if np.isin(ids, placeholders).any():
       return "image/video placeholder tokens are not supported: the judge is text-only"
     return None
 

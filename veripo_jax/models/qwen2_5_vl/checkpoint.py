@@ -4,7 +4,8 @@ Loading never materialises the whole model on the host beyond its final buffers:
 built abstractly (`nnx.eval_shape`), then each tensor is read, converted to the target dtype and
 layout, and placed into its sharding before the next one is read. Both key layouts are accepted:
 the on-disk one (`visual.*`, `model.layers.*`) and transformers 5.x in-memory names
-(`model.visual.*`, `model.language_model.*`). Saving writes the on-disk layout.
+(`model.visual.*`, `model.language_model.*`). Saving writes the on-disk layout. A text-only
+Qwen2 / Qwen2.5 checkpoint (Qwen2ForCausalLM) is the same layout without `visual.*`.
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ def load_hf_checkpoint(path: str | os.PathLike, dtype=jnp.float32, mesh: Mesh | 
                        param_dtype=None, rules: LogicalRules = DEFAULT_RULES,
                        rope_mode: str = "legacy",
                        attention_implementation: str | None = None) -> Qwen25VL:
-  """Loads a local HF Qwen2.5-VL directory into a Qwen25VL with compute dtype `dtype`.
+  """Loads a local HF Qwen2.5-VL (or text-only Qwen2) directory into a Qwen25VL with compute
+  dtype `dtype`.
 
   Parameters are stored in `param_dtype` (default: `dtype`) and placed by logical-axis `rules`
   on `mesh` (or on the default device).
@@ -228,7 +230,8 @@ def _host(array: jax.Array) -> np.ndarray:
 
 def save_hf_checkpoint(model: Qwen25VL, path: str | os.PathLike, *, dtype=None,
                        max_shard_bytes: int = 5 * 2**30) -> None:
-  """Writes config.json + sharded safetensors (on-disk HF layout) that transformers loads.
+  """Writes config.json + sharded safetensors (on-disk HF layout) that transformers loads
+  (a text-only model as Qwen2ForCausalLM).
 
   `dtype` (default: the parameters' dtype) is the stored dtype. Files are written to a
   temporary directory beside `path` and moved in at the end, so a crash leaves no partial

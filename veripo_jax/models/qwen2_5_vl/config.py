@@ -2,7 +2,8 @@
 
 The HF config classes carry defaults that are not the released values (vision hidden 3584,
 tokens_per_second 4), so everything here is read from the file or from the presets below,
-which copy the released checkpoints.
+which copy the released checkpoints. A plain Qwen2 / Qwen2.5 language model (the verifier's
+judge) is the same config without a vision tower (`vision=None`).
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ class TextConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Qwen25VLConfig:
+  """`vision=None` is a text-only Qwen2 model: plain 1-D RoPE, which is M-RoPE with three equal
+  position rows, so it shares the decoder (its image/video token ids are unused)."""
   text: TextConfig = TextConfig()
-  vision: VisionConfig = VisionConfig()
+  vision: VisionConfig | None = VisionConfig()
   tie_word_embeddings: bool = False
   image_token_id: int = 151655
   video_token_id: int = 151656
@@ -79,7 +82,7 @@ class Qwen25VLConfig:
       raise ValueError(f"mrope_section {t.mrope_section} must sum to head_dim/2 = {t.head_dim // 2}")
     if t.num_attention_heads % t.num_key_value_heads:
       raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
-    if v.out_hidden_size != t.hidden_size:
+    if v is not None and v.out_hidden_size != t.hidden_size:
       raise ValueError(f"vision out_hidden_size {v.out_hidden_size} != text hidden_size {t.hidden_size}")
 
   def replace(self, **kw) -> "Qwen25VLConfig":
@@ -89,19 +92,25 @@ class Qwen25VLConfig:
   # Hugging Face config.json <-> this config.
 
   def to_hf_dict(self) -> dict[str, Any]:
-    """A config.json transformers (4.x and 5.x) reads back into the same model."""
-    t, v = self.text, self.vision
-    rope = {"type": "mrope", "rope_type": "default", "mrope_section": list(t.mrope_section)}
+    """A config.json transformers (4.x and 5.x) reads back into the same model: a
+    Qwen2ForCausalLM without a vision tower, else a Qwen2_5_VLForConditionalGeneration."""
+    t = self.text
     text = dict(
-        model_type="qwen2_5_vl_text", vocab_size=t.vocab_size, hidden_size=t.hidden_size,
+        vocab_size=t.vocab_size, hidden_size=t.hidden_size,
         intermediate_size=t.intermediate_size, num_hidden_layers=t.num_hidden_layers,
         num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
         head_dim=t.head_dim, rms_norm_eps=t.rms_norm_eps, rope_theta=t.rope_theta,
         max_position_embeddings=t.max_position_embeddings, hidden_act="silu",
-        rope_scaling=rope, rope_parameters={**rope, "rope_theta": t.rope_theta},
         tie_word_embeddings=self.tie_word_embeddings, use_sliding_window=False,
         sliding_window=32768, max_window_layers=t.num_hidden_layers, attention_dropout=0.0,
         bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id)
+    common = dict(pad_token_id=self.pad_token_id, torch_dtype="bfloat16")
+    if self.vision is None:
+      return dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", **text,
+                  rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta}, **common)
+    v = self.vision
+    rope = {"type": "mrope", "rope_type": "default", "mrope_section": list(t.mrope_section)}
+    text.update(rope_scaling=rope, rope_parameters={**rope, "rope_theta": t.rope_theta})
     vision = dict(
         model_type="qwen2_5_vl", depth=v.depth, hidden_size=v.hidden_size,
         intermediate_size=v.intermediate_size, num_heads=v.num_heads,
@@ -111,91 +120,131 @@ class Qwen25VLConfig:
         fullatt_block_indexes=list(v.fullatt_block_indexes), tokens_per_second=v.tokens_per_second,
         in_chans=v.in_channels, in_channels=v.in_channels, hidden_act="silu")
     # The 4.x form keeps the text fields at the top level; 5.x reads `text_config`. Write both.
-    top = {k: val for k, val in text.items() if k != "model_type"}
     return dict(
         architectures=["Qwen2_5_VLForConditionalGeneration"], model_type="qwen2_5_vl",
-        **top, text_config=text, vision_config=vision,
+        **text, text_config=dict(model_type="qwen2_5_vl_text", **text), vision_config=vision,
         image_token_id=self.image_token_id, video_token_id=self.video_token_id,
         vision_start_token_id=self.vision_start_token_id,
         vision_end_token_id=self.vision_end_token_id, vision_token_id=self.vision_token_id,
-        pad_token_id=self.pad_token_id, torch_dtype="bfloat16")
+        **common)
 
 
-_MODEL_TYPES = ("qwen2_5_vl",)
+# Defaults of transformers' config classes, for fields a config.json may leave out.
+_TEXT_DEFAULTS = {"qwen2_5_vl": dict(rope_theta=1e6, max_position_embeddings=128000),
+                  "qwen2": dict(rope_theta=1e4, max_position_embeddings=32768)}
+_MODEL_TYPES = tuple(_TEXT_DEFAULTS)
+_TOKEN_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id",
+                 "vision_end_token_id", "vision_token_id", "bos_token_id", "eos_token_id")
 
 
 def from_hf_config(path_or_dict: str | os.PathLike | dict) -> Qwen25VLConfig:
-  """Reads a transformers 4.x or 5.x Qwen2.5-VL `config.json` (path to file/dir, or a dict)."""
-  source = "<dict>"
-  if isinstance(path_or_dict, dict):
-    raw = path_or_dict
-  else:
-    source = os.fspath(path_or_dict)
-    if os.path.isdir(source):
-      source = os.path.join(source, "config.json")
-    if not os.path.exists(source):
-      raise FileNotFoundError(f"{source}: no config.json found")
-    try:
-      with open(source) as f:
-        raw = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{source}: invalid JSON at line {e.lineno}: {e.msg}") from e
-  if raw.get("model_type") not in _MODEL_TYPES:
-    raise ValueError(f"{source}: unsupported model_type {raw.get('model_type')!r}; "
+  """Reads a transformers 4.x or 5.x `config.json` (path to file/dir, or a dict): Qwen2.5-VL, or
+  a text-only Qwen2 / Qwen2.5 language model (`vision=None`)."""
+  raw, source = _read_json(path_or_dict)
+  model_type = raw.get("model_type")
+  if model_type not in _MODEL_TYPES:
+    raise ValueError(f"{source}: unsupported model_type {model_type!r}; "
                      f"expected one of {_MODEL_TYPES}")
-  # 5.x nests the text fields in text_config; 4.x keeps them at top level. Prefer the nested ones.
+  # 5.x nests the VL text fields in text_config; 4.x and Qwen2 keep them at top level.
   text_raw = {**{k: v for k, v in raw.items() if k not in ("text_config", "vision_config")},
               **raw.get("text_config", {})}
-  vis_raw = raw.get("vision_config")
-  if vis_raw is None:
-    raise ValueError(f"{source}: missing field 'vision_config'")
-
-  def need(d: dict, key: str, where: str):
-    if key not in d:
-      raise ValueError(f"{source}: missing field '{where}{key}'")
-    return d[key]
-
-  rope = text_raw.get("rope_parameters") or text_raw.get("rope_scaling") or {}
-  if "mrope_section" not in rope:
-    raise ValueError(f"{source}: missing field 'rope_scaling.mrope_section' (or rope_parameters)")
-  rope_theta = rope.get("rope_theta", text_raw.get("rope_theta", 1e6))
-  heads = need(text_raw, "num_attention_heads", "text_config.")
-  hidden = need(text_raw, "hidden_size", "text_config.")
-  text = TextConfig(
-      vocab_size=need(text_raw, "vocab_size", "text_config."), hidden_size=hidden,
-      intermediate_size=need(text_raw, "intermediate_size", "text_config."),
-      num_hidden_layers=need(text_raw, "num_hidden_layers", "text_config."),
-      num_attention_heads=heads,
-      num_key_value_heads=text_raw.get("num_key_value_heads", heads),
-      head_dim=text_raw.get("head_dim") or hidden // heads,
-      rms_norm_eps=text_raw.get("rms_norm_eps", 1e-6), rope_theta=float(rope_theta),
-      mrope_section=tuple(rope["mrope_section"]),
-      max_position_embeddings=text_raw.get("max_position_embeddings", 128000))
-  vision = VisionConfig(
-      depth=need(vis_raw, "depth", "vision_config."),
-      hidden_size=need(vis_raw, "hidden_size", "vision_config."),
-      intermediate_size=need(vis_raw, "intermediate_size", "vision_config."),
-      num_heads=need(vis_raw, "num_heads", "vision_config."),
-      out_hidden_size=vis_raw.get("out_hidden_size", hidden),
-      patch_size=vis_raw.get("patch_size", 14),
-      temporal_patch_size=vis_raw.get("temporal_patch_size", 2),
-      spatial_merge_size=vis_raw.get("spatial_merge_size", 2),
-      window_size=vis_raw.get("window_size", 112),
-      fullatt_block_indexes=tuple(vis_raw.get("fullatt_block_indexes", (7, 15, 23, 31))),
-      tokens_per_second=vis_raw.get("tokens_per_second", 2),
-      in_channels=vis_raw.get("in_channels", vis_raw.get("in_chans", 3)),
-      rms_norm_eps=vis_raw.get("rms_norm_eps", 1e-6),
-      rope_theta=float((vis_raw.get("rope_parameters") or {}).get("rope_theta", 10000.0)))
-  tie = raw.get("tie_word_embeddings", text_raw.get("tie_word_embeddings", False))
+  multimodal = model_type == "qwen2_5_vl"
+  text = _text_config(_Fields(text_raw, source, "text_config." if multimodal else ""),
+                      multimodal, _TEXT_DEFAULTS[model_type])
+  vision = None
+  if multimodal:
+    vision_raw = _Fields(raw, source).need("vision_config")
+    vision = _vision_config(_Fields(vision_raw, source, "vision_config."), text.hidden_size)
   defaults = Qwen25VLConfig()
-  ids = {k: raw.get(k, text_raw.get(k, getattr(defaults, k))) for k in (
-      "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
-      "vision_token_id", "bos_token_id", "eos_token_id", "pad_token_id")}
-  if isinstance(ids["eos_token_id"], list):
-    ids["eos_token_id"] = ids["eos_token_id"][0]
-  if ids["pad_token_id"] is None:
-    ids["pad_token_id"] = ids["bos_token_id"]
+
+  def token(key: str, fallback: int) -> int:
+    value = raw.get(key, text_raw.get(key))
+    value = value[0] if isinstance(value, list) else value
+    return fallback if value is None else value
+
+  ids = {k: token(k, getattr(defaults, k)) for k in _TOKEN_FIELDS}
+  ids["pad_token_id"] = token("pad_token_id", ids["bos_token_id"])
+  tie = raw.get("tie_word_embeddings", text_raw.get("tie_word_embeddings", False))
   return Qwen25VLConfig(text=text, vision=vision, tie_word_embeddings=bool(tie), **ids)
+
+
+def _read_json(path_or_dict: str | os.PathLike | dict) -> tuple[dict, str]:
+  """The config dict and the name errors use for it."""
+  if isinstance(path_or_dict, dict):
+    return path_or_dict, "<dict>"
+  source = os.fspath(path_or_dict)
+  if os.path.isdir(source):
+    source = os.path.join(source, "config.json")
+  if not os.path.exists(source):
+    raise FileNotFoundError(f"{source}: no config.json found")
+  try:
+    with open(source) as f:
+      return json.load(f), source
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{source}: invalid JSON at line {e.lineno}: {e.msg}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fields:
+  """One section of a config.json, so that errors name the file and the field."""
+  values: dict
+  source: str
+  where: str = ""
+
+  def need(self, key: str):
+    if self.values.get(key) is None:
+      raise self.missing(key)
+    return self.values[key]
+
+  def missing(self, key: str, hint: str = "") -> ValueError:
+    return ValueError(f"{self.source}: missing field '{self.where}{key}'{hint}")
+
+  def get(self, key: str, default=None):
+    return self.values.get(key, default)
+
+  def error(self, key: str, problem: str) -> ValueError:
+    return ValueError(f"{self.source}: field '{self.where}{key}' {problem}")
+
+
+def _text_config(f: _Fields, multimodal: bool, defaults: dict) -> TextConfig:
+  rope = f.get("rope_parameters") or f.get("rope_scaling") or {}
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type not in ("default", "mrope"):
+    raise f.error("rope_scaling", f"has type {rope_type!r}; only default RoPE is implemented")
+  if f.get("use_sliding_window"):
+    raise f.error("use_sliding_window", "is true; sliding-window attention is not implemented")
+  if multimodal and "mrope_section" not in rope:
+    raise f.missing("rope_scaling.mrope_section", " (or rope_parameters.mrope_section)")
+  heads, hidden = f.need("num_attention_heads"), f.need("hidden_size")
+  head_dim = f.get("head_dim") or hidden // heads
+  # Text-only: every frequency follows the first of three equal position rows, i.e. plain RoPE.
+  section = tuple(rope["mrope_section"]) if multimodal else (head_dim // 2, 0, 0)
+  return TextConfig(
+      vocab_size=f.need("vocab_size"), hidden_size=hidden,
+      intermediate_size=f.need("intermediate_size"),
+      num_hidden_layers=f.need("num_hidden_layers"), num_attention_heads=heads,
+      num_key_value_heads=f.get("num_key_value_heads", heads), head_dim=head_dim,
+      rms_norm_eps=f.get("rms_norm_eps", 1e-6),
+      rope_theta=float(rope.get("rope_theta", f.get("rope_theta", defaults["rope_theta"]))),
+      mrope_section=section,
+      max_position_embeddings=f.get("max_position_embeddings",
+                                    defaults["max_position_embeddings"]))
+
+
+def _vision_config(f: _Fields, text_hidden: int) -> VisionConfig:
+  return VisionConfig(
+      depth=f.need("depth"), hidden_size=f.need("hidden_size"),
+      intermediate_size=f.need("intermediate_size"), num_heads=f.need("num_heads"),
+      out_hidden_size=f.get("out_hidden_size", text_hidden),
+      patch_size=f.get("patch_size", 14),
+      temporal_patch_size=f.get("temporal_patch_size", 2),
+      spatial_merge_size=f.get("spatial_merge_size", 2),
+      window_size=f.get("window_size", 112),
+      fullatt_block_indexes=tuple(f.get("fullatt_block_indexes", (7, 15, 23, 31))),
+      tokens_per_second=f.get("tokens_per_second", 2),
+      in_channels=f.get("in_channels", f.get("in_chans", 3)),
+      rms_norm_eps=f.get("rms_norm_eps", 1e-6),
+      rope_theta=float((f.get("rope_parameters") or {}).get("rope_theta", 10000.0)))
 
 
 def _preset(hidden, inter, layers, heads, kv, vocab, tied) -> Qwen25VLConfig:

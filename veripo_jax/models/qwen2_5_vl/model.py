@@ -3,7 +3,8 @@
 `__call__` mirrors transformers (input_ids, attention_mask, pixel_values, image_grid_thw,
 pixel_values_videos, video_grid_thw, second_per_grid_ts -> logits) and does the host-side index
 work itself. Jitted code (training, decoding) calls `prepare_inputs` once on the host and then
-`forward` / `prefill` / `decode_step`, which take only arrays.
+`forward` / `prefill` / `decode_step`, which take only arrays. A config without vision
+(`vision=None`) is a plain Qwen2ForCausalLM: no vision tower, text positions only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flax import nnx, struct
 from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig, TextConfig
 from veripo_jax.models.qwen2_5_vl.layers import (Dtype, Linear, RMSNorm, SwiGLU, apply_rotary,
                                                  attention, inverse_frequencies)
-from veripo_jax.models.qwen2_5_vl.rope_index import get_rope_index
+from veripo_jax.models.qwen2_5_vl.rope_index import get_rope_index, text_positions
 from veripo_jax.models.qwen2_5_vl.vision import VisionTower
 from veripo_jax.models.qwen2_5_vl.vision_index import VisionInputs, prepare_vision
 from veripo_jax.parallel.sharding import constrain
@@ -111,7 +112,10 @@ class DecoderLayer(nnx.Module):
 
 
 class Qwen25VL(nnx.Module):
-  """Qwen2_5_VLForConditionalGeneration. Parameter names mirror the HF module tree."""
+  """Qwen2_5_VLForConditionalGeneration, or Qwen2ForCausalLM when `config.vision` is None.
+
+  Parameter names mirror the HF module tree.
+  """
 
   def __init__(self, config: Qwen25VLConfig, *, dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs | None = None,
@@ -122,7 +126,8 @@ class Qwen25VL(nnx.Module):
     self.dtype = dtype
     self.rope_mode = rope_mode
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.visual = VisionTower(config.vision, implementation=attention_implementation, **kw)
+    self.visual = (None if config.vision is None else
+                   VisionTower(config.vision, implementation=attention_implementation, **kw))
     self.embed_tokens = nnx.Embed(t.vocab_size, t.hidden_size, dtype=dtype,
                                   param_dtype=param_dtype, rngs=rngs,
                                   embedding_init=nnx.initializers.normal(0.02))
@@ -244,27 +249,47 @@ def prepare_inputs(config: Qwen25VLConfig, input_ids, attention_mask=None, *,
   Returns the inputs and `next_position (B,)`, the rope position of the first generated token.
   Images and videos go through the vision tower in one pass (features: images first, then
   videos, each in prompt order), which equals transformers' separate passes because no
-  attention segment spans two items.
+  attention segment spans two items. A text-only config refuses images and videos.
   """
   ids = np.asarray(input_ids, np.int32)
   if ids.ndim != 2:
     raise ValueError(f"input_ids must be (batch, length), got shape {ids.shape}")
   mask = np.ones_like(ids, bool) if attention_mask is None else np.asarray(attention_mask, bool)
-  v = config.vision
-  if position_ids is None:
+  if position_ids is not None:
+    pos = np.asarray(position_ids, np.int32)
+    pos = np.stack([pos] * 3) if pos.ndim == 2 else pos       # Qwen2's (B, L) positions
+    next_pos = pos[:, :, -1].max(0) + 1
+  elif config.vision is None:
+    pos, next_pos = text_positions(mask)
+  else:
     pos, next_pos = get_rope_index(
         ids, mask, image_grid_thw, video_grid_thw, second_per_grid_ts,
         image_token_id=config.image_token_id, video_token_id=config.video_token_id,
-        spatial_merge_size=v.spatial_merge_size, tokens_per_second=v.tokens_per_second,
-        mode=rope_mode)
+        spatial_merge_size=config.vision.spatial_merge_size,
+        tokens_per_second=config.vision.tokens_per_second, mode=rope_mode)
+  media = {"image": (pixel_values, image_grid_thw), "video": (pixel_values_videos, video_grid_thw)}
+  if config.vision is None:
+    given = [name for name, arrays in media.items()
+             if any(a is not None and np.size(a) for a in arrays)]
+    if given:
+      raise ValueError(f"{' and '.join(given)} inputs given to a text-only model (a Qwen2 "
+                       "checkpoint without a vision tower)")
+    vision, feature_index = None, np.full(ids.shape, -1, np.int32)
   else:
-    pos = np.asarray(position_ids, np.int32)
-    next_pos = pos[:, :, -1].max(0) + 1
+    vision, feature_index = _vision_inputs(config, ids, mask, media, bucketed)
+  inputs = ModelInputs(input_ids=ids, attention_mask=mask, position_ids=pos,
+                       feature_index=feature_index, vision=vision)
+  return inputs, next_pos
+
+
+def _vision_inputs(config: Qwen25VLConfig, ids: np.ndarray, mask: np.ndarray, media: dict,
+                   bucketed: bool) -> tuple[VisionInputs | None, np.ndarray]:
+  """Vision index tables and the feature row of each placeholder token (-1 elsewhere)."""
+  v = config.vision
   grids, pixels, feature_index = [], [], np.full(ids.shape, -1, np.int32)
   offset = 0
-  for name, token, pv, grid in (("image", config.image_token_id, pixel_values, image_grid_thw),
-                                ("video", config.video_token_id, pixel_values_videos,
-                                 video_grid_thw)):
+  for name, token in (("image", config.image_token_id), ("video", config.video_token_id)):
+    pv, grid = media[name]
     placeholders = (ids == token) & mask
     n_tokens = int(placeholders.sum())
     if grid is None or len(np.asarray(grid)) == 0:
@@ -289,6 +314,4 @@ def prepare_inputs(config: Qwen25VLConfig, input_ids, attention_mask=None, *,
     pixels.append(pv[:n_patches])             # rows past the grids are a loader's padding
   vision = (prepare_vision(np.concatenate(pixels), np.concatenate(grids), v, bucketed=bucketed)
             if grids else None)
-  inputs = ModelInputs(input_ids=ids, attention_mask=mask, position_ids=pos,
-                       feature_index=feature_index, vision=vision)
-  return inputs, next_pos
+  return vision, feature_index
