@@ -34,8 +34,10 @@ from veripo_jax.rl.grpo import GRPOConfig, GRPOStage
 from veripo_jax.rl.pairs import read_pairs
 from veripo_jax.rl.sft import SFTConfig, SFTStage
 from veripo_jax.rl.stage import Preempted, RunContext, Stage
+from veripo_jax.rl.verifier_stage import PAIRS_FILE, VerifierStage, VerifierStageConfig
 from veripo_jax.train.metrics import MetricsWriter
 from veripo_jax.train.preemption import PreemptionGuard
+from veripo_jax.train.report import write_report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config file.",
                                           lock_config=True)
@@ -45,7 +47,15 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "VERIPO_COORDINATOR / VERIPO_NUM_PROCESSES / VERIPO_PROCESS_ID).")
 
 STAGE_KINDS = {"sft": (SFTConfig, SFTStage), "grpo": (GRPOConfig, GRPOStage),
-               "dpo": (DPOConfig, DPOStage), "eval": (EvalConfig, EvalStage)}
+               "dpo": (DPOConfig, DPOStage), "eval": (EvalConfig, EvalStage),
+               "verifier": (VerifierStageConfig, VerifierStage)}
+# Fields of `config.stages.<name>` that main reads itself (the rest go to the kind's config):
+#   init       where the stage's model starts: "" = the current policy, "fresh" = new weights,
+#              a stage name = that stage's exported policy, else a checkpoint directory;
+#   hands_off  whether the stage's exported policy becomes the current policy (default: the
+#              kind's; a judge trained by an sft stage sets False);
+#   pairs      (dpo) a verifier stage's name, or a pairs.jsonl path.
+_RUNNER_FIELDS = ("kind", "init", "hands_off", "pairs")
 
 
 def prepare_data(cfg, workdir: str) -> tuple[str, str]:
@@ -98,11 +108,29 @@ def make_stage(ctx: RunContext, cfg, name: str) -> Stage:
     raise app.UsageError(f"config.stages.{name}.kind: unknown {kind!r}; known "
                          f"{sorted(STAGE_KINDS)}")
   config_cls, stage_cls = STAGE_KINDS[kind]
-  fields = {k: v for k, v in section.items() if k not in ("kind", "pairs")}
+  fields = {k: v for k, v in section.items() if k not in _RUNNER_FIELDS}
   stage_cfg = from_config(config_cls, fields, f"config.stages.{name}")
-  if kind == "dpo":
-    return stage_cls(ctx, name, stage_cfg, read_pairs(section.pairs))
-  return stage_cls(ctx, name, stage_cfg)
+  if kind != "dpo":
+    return stage_cls(ctx, name, stage_cfg)
+  pairs = section.get("pairs", "")
+  if pairs in cfg.stages:
+    pairs = os.path.join(ctx.stage_dir(pairs), PAIRS_FILE)
+  if not pairs or not os.path.exists(pairs):
+    raise app.UsageError(f"config.stages.{name}.pairs: {pairs!r} is neither a finished "
+                         "verifier stage nor a pairs file")
+  return stage_cls(ctx, name, stage_cfg, read_pairs(pairs))
+
+
+def stage_init(cfg, name: str, current: str, ctx: RunContext) -> str:
+  """The checkpoint a stage's model loads ("" = fresh weights)."""
+  init = cfg.stages[name].get("init", "")
+  if not init:
+    return current
+  if init == "fresh":
+    return ""
+  if init in cfg.stages:
+    return os.path.join(ctx.stage_dir(init), "policy")
+  return init
 
 
 def run(cfg, workdir: str, guard: PreemptionGuard | None = None) -> dict[str, dict]:
@@ -125,12 +153,17 @@ def run(cfg, workdir: str, guard: PreemptionGuard | None = None) -> dict[str, di
       stage = make_stage(ctx, cfg, name)
       if stage.is_done():
         summaries[name] = stage.summary()
+      elif not stage.uses_policy:
+        summaries[name] = stage.run(None)
       else:
+        init = stage_init(cfg, name, policy_path, ctx)
         logging.info("stage %s (%s): starting from %s", name, stage.kind,
-                     policy_path or "a fresh model")
-        summaries[name] = stage.run(load_policy(cfg, policy_path, ctx.model_config, mesh))
-      if stage.kind != "eval":
+                     init or "a fresh model")
+        summaries[name] = stage.run(load_policy(cfg, init, ctx.model_config, mesh))
+      if cfg.stages[name].get("hands_off", stage.hands_off):
         policy_path = stage.policy_dir
+    if jax.process_index() == 0:
+      logging.info("report: %s", write_report(workdir, cfg.stage_order))
   return summaries
 
 

@@ -157,8 +157,23 @@ class BatchDataset(grain.IterDataset):
                           self._spec.drop_remainder)
 
 
-def _with_source_index(index: int, stored: Mapping[str, Any]) -> dict:
-  return {**stored, "source_index": index}
+class IndexedSubset(Sequence):
+  """The rows of a random-access source minus `exclude`, each tagged with its index in the full
+  source (`source_index`, which rollouts and pairs name). Picklable when the source is."""
+
+  def __init__(self, source: Sequence, exclude: Sequence[int] = ()):
+    self.source = source
+    bad = [i for i in exclude if not 0 <= int(i) < len(source)]
+    if bad:
+      raise ValueError(f"excluded source indices {bad[:5]} are outside 0..{len(source) - 1}")
+    self.keep = np.setdiff1d(np.arange(len(source)), np.asarray(list(exclude), np.int64))
+
+  def __len__(self) -> int:
+    return len(self.keep)
+
+  def __getitem__(self, i: int) -> dict:
+    index = int(self.keep[i])
+    return {**self.source[index], "source_index": index}
 
 
 class GatherHosts:
@@ -210,9 +225,11 @@ def batch_pipeline(ds: grain.MapDataset, transform: grain.transforms.Map, collat
 
 def make_dataset(source: Sequence, config: LoaderConfig, *, merge_size: int = 2,
                  patch_dim: int = 1176, process_index: int | None = None,
-                 process_count: int | None = None, gather_hosts: bool = False) -> BatchDataset:
-  """The whole pipeline over a dataset split as one Grain `IterDataset` of numpy batches."""
-  return batch_pipeline(grain.MapDataset.source(source).map_with_index(_with_source_index),
+                 process_count: int | None = None, gather_hosts: bool = False,
+                 exclude: Sequence[int] = ()) -> BatchDataset:
+  """The whole pipeline over a dataset split as one Grain `IterDataset` of numpy batches;
+  `exclude` drops source rows by index (the easy prompts discarded between VerIPO iterations)."""
+  return batch_pipeline(grain.MapDataset.source(IndexedSubset(source, exclude)),
                         ExampleProcessor(config, merge_size),
                         collator(config, merge_size, patch_dim), config,
                         process_index=process_index, process_count=process_count,

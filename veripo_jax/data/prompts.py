@@ -7,6 +7,7 @@ THINK template for the VerIPO evaluation OPTION/NUMBER templates without code ch
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Mapping
 
 # The chat template Qwen2-VL / Qwen2.5-VL processors ship: default system prompt, one
@@ -59,6 +60,22 @@ VERIPO_NUMBER = (
     "tags and then only the final number in <answer> </answer> tags, "
     "i.e., <think> reasoning process here </think><answer> $42$ </answer>.")
 
+# The Rollout-Aware Verifier's judge prompt [decision, reference/veripo_method.md §4]: the
+# reply must be one word.
+JUDGE_PROMPT = (
+    "You check whether a model's reasoning supports its final answer.\n"
+    "Reasoning:\n"
+    "{reasoning}\n"
+    "Final answer: {answer}\n"
+    "Does the reasoning conclude with exactly this final answer? Reply with one word: Yes or No.")
+
+
+def render_judge_prompt(template: str, reasoning: str, answer: str) -> str:
+  """One pass over the placeholders, so braces or placeholders inside the texts stay literal."""
+  values = {"reasoning": reasoning, "answer": answer}
+  return re.sub(r"\{(reasoning|answer)\}", lambda m: values[m.group(1)], template)
+
+
 RESPONSE_TEMPLATE = "<think>{reasoning}</think><answer>{answer}</answer>"
 
 
@@ -90,6 +107,10 @@ TEMPLATES = {
     "veripo_eval": PromptTemplates(
         {"multiple choice": VERIPO_OPTION, "numerical": VERIPO_NUMBER,
          "regression": VERIPO_NUMBER}),
+    # The judge's training examples: the rendered judge prompt in, a short think and the
+    # one-word verdict out (data/synthetic/judge.py).
+    "judge": PromptTemplates({"free-form": "{question}"},
+                             response="<think>{reasoning}</think>{answer}"),
 }
 
 

@@ -14,6 +14,7 @@ import math
 
 import jax
 import numpy as np
+from absl import logging
 
 from veripo_jax.parallel.multihost import to_host
 from veripo_jax.rl.objectives import DPOBatch, DPOObjective, SequenceLogprobs
@@ -59,13 +60,15 @@ class DPOStage(Stage):
 
   def __init__(self, ctx: RunContext, name: str, cfg: DPOConfig, pairs: list[Pair]):
     super().__init__(ctx, name, cfg.keep_checkpoints)
-    if not pairs:
-      raise ValueError(f"{name}: no preference pairs to train on")
     self.cfg = cfg
     self.pairs = pairs
 
   def run(self, model) -> dict:
     ctx, cfg = self.ctx, self.cfg
+    if not self.pairs:
+      # A verifier that found no good rollout: the loop goes on with the policy unchanged.
+      logging.warning("%s: no preference pairs; passing the policy on untrained", self.name)
+      return self.finish(model, {"steps": 0, "pairs": 0, "pair_families": {}, "last": {}})
     total = cfg.steps(len(self.pairs))
     learner = Learner(model, dataclasses.replace(cfg.optimizer, total_steps=total), ctx.mesh,
                       rules=ctx.rules, frozen=cfg.frozen)

@@ -17,6 +17,7 @@ import numpy as np
 from veripo_jax.fileio import write_jsonl_atomic
 from veripo_jax.rl.rollout import RolloutConfig, collect_rollouts
 from veripo_jax.rl.stage import DataConfig, RunContext, Stage
+from veripo_jax.rl.verifier import rule_inconsistency_rate
 from veripo_jax.train.metrics import progress
 
 
@@ -55,6 +56,7 @@ def summarize(records: list[dict], seconds: float) -> dict:
     out[f"eval/{name}"] = float(np.mean([r["rewards"][name] for r in records]))
   out["eval/length_mean"] = float(np.mean([r["length"] for r in records]))
   out["eval/truncated_rate"] = float(np.mean([r["truncated"] for r in records]))
+  out["eval/inconsistency_rate"] = rule_inconsistency_rate([r["text"] for r in records])
   by_task = collections.defaultdict(list)
   for r in records:
     by_task[r["task"]].append(r["rewards"].get("accuracy", 0.0))
@@ -65,6 +67,7 @@ def summarize(records: list[dict], seconds: float) -> dict:
 
 class EvalStage(Stage):
   kind = "eval"
+  hands_off = False
 
   def __init__(self, ctx: RunContext, name: str, cfg: EvalConfig):
     super().__init__(ctx, name)

@@ -20,9 +20,10 @@ from absl import logging
 from veripo_jax.parallel.multihost import to_host
 from veripo_jax.rl.objectives import GRPOBatch, GRPOObjective, SequenceLogprobs
 from veripo_jax.rl.rollout import (RolloutConfig, Rollouts, collect_rollouts, read_rollouts,
-                                   write_rollouts)
+                                   rollout_file, write_rollouts)
 from veripo_jax.rl.sequences import SequenceBuilder
 from veripo_jax.rl.stage import DataConfig, RunContext, Stage, sequence_builder
+from veripo_jax.rl.verifier_stage import read_discarded
 from veripo_jax.train.checkpointing import key_to_data
 from veripo_jax.train.learner import Learner
 from veripo_jax.train.optimizer import OptimizerConfig
@@ -39,6 +40,9 @@ class GRPOConfig:
   optimizer: OptimizerConfig = OptimizerConfig()
   frozen: tuple[str, ...] = (r"^visual\.",)
   filter_zero_variance: bool = False   # drop groups whose G rewards are all equal
+  # Verifier stages whose discarded easy prompts this stage's data leaves out (§1); the list is
+  # kept in the checkpoint, so a resumed stage drops the same prompts.
+  discard_from: tuple[str, ...] = ()
   recompute_old_logprobs: bool = False  # else the sampler's log-probs are pi_old
   save_every_rounds: int = 1
   keep_checkpoints: int = 2
@@ -92,7 +96,7 @@ class GRPOStage(Stage):
     self.cfg = cfg
 
   def rollout_path(self, round_index: int) -> str:
-    return os.path.join(self.dir, "rollouts", f"round_{round_index:05d}.jsonl")
+    return rollout_file(self.dir, round_index)
 
   def run(self, model) -> dict:
     ctx, cfg = self.ctx, self.cfg
@@ -101,9 +105,15 @@ class GRPOStage(Stage):
         rules=ctx.rules, frozen=cfg.frozen)
     # The stage's input policy is the KL reference (also after a resume: `model` is it).
     ref_params = learner.snapshot() if cfg.objective.kl_coef else None
-    loader = ctx.loader(cfg.data)
-    extras = self.restore(learner) or {"round": 0, "step_in_round": 0,
-                                       "loader": loader.get_state()}
+    extras = self.restore(learner)
+    discarded = (extras["discarded"] if extras is not None else
+                 read_discarded(ctx, cfg.discard_from))
+    loader = ctx.loader(cfg.data, exclude=discarded)
+    if extras is None:
+      extras = {"round": 0, "step_in_round": 0, "loader": loader.get_state(),
+                "discarded": discarded}
+      if discarded:
+        logging.info("%s: leaving out %d discarded easy prompts", self.name, len(discarded))
     base_key = jax.random.key(ctx.seed)
     g = cfg.rollout.num_samples
     history = []
@@ -138,7 +148,8 @@ class GRPOStage(Stage):
         metrics = learner.step(cfg.objective, batches[k])
         ctx.writer.write(self.name, int(learner.state.step),
                          {f"grpo/{m}": v for m, v in metrics.items()})
-        extras = {"round": r, "step_in_round": k + 1, "loader": extras["loader"]}
+        extras = {"round": r, "step_in_round": k + 1, "loader": extras["loader"],
+                  "discarded": discarded}
         if k + 1 < len(batches):
           self.stop_if_requested(learner, extras)
       summary = rollouts.summary()
@@ -147,6 +158,7 @@ class GRPOStage(Stage):
           "grpo/round": r, "grpo/groups_trained": len(groups),
           "time/generate_s": generate_s, "time/update_s": time.perf_counter() - update_start,
           "time/sample_s": elapsed / max(1, int((rollouts.lengths > 0).sum())),
+          "time/prompt_s": elapsed / max(1, int(live.sum())),
           "data/skipped": sum(loader.skipped.values())})
       ctx.writer.write(self.name, int(learner.state.step), summary)
       history.append(summary)
@@ -154,7 +166,7 @@ class GRPOStage(Stage):
                    r + 1, cfg.rounds, summary["reward/mean"], summary.get("reward/accuracy", 0),
                    summary["response/length_mean"], elapsed)
       extras = {"round": r + 1, "step_in_round": 0, "loader": loader.get_state(),
-                "rng": key_to_data(base_key).tolist()}
+                "rng": key_to_data(base_key).tolist(), "discarded": discarded}
       if (r + 1) % cfg.save_every_rounds == 0 or r + 1 == cfg.rounds:
         self.save(learner, extras)
       if r + 1 < cfg.rounds:

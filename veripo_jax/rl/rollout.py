@@ -8,7 +8,9 @@ update: a run stopped mid-round reloads them instead of sampling again.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
+import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -21,6 +23,7 @@ from veripo_jax.parallel.multihost import to_host
 from veripo_jax.parallel.sharding import DEFAULT_RULES
 from veripo_jax.rl.losses import group_advantages
 from veripo_jax.rl.rewards import score_rollouts
+from veripo_jax.rl.verifier import rule_inconsistency_rate
 
 _GENERATE_FIELDS = ("input_ids", "attention_mask", "position_ids", "pixel_values",
                     "image_grid_thw", "pixel_values_videos", "video_grid_thw",
@@ -106,8 +109,20 @@ class Rollouts:
         "response/length_mean": float(self.lengths[real].mean()),
         "response/truncated_rate": float(self.truncated[real].mean()),
         "grpo/zero_variance_groups": float((total.std(1)[live] == 0).mean()),
+        "response/inconsistency_rate": rule_inconsistency_rate(
+            [t for t, r in zip(self.texts, real) if r]),
     })
     return out
+
+
+def rollout_file(stage_dir: str, round_index: int) -> str:
+  """Where a GRPO stage stores one round's rollouts."""
+  return os.path.join(stage_dir, "rollouts", f"round_{round_index:05d}.jsonl")
+
+
+def rollout_files(stage_dir: str) -> list[str]:
+  """A GRPO stage's stored rounds, in round order."""
+  return sorted(glob.glob(os.path.join(stage_dir, "rollouts", "round_*.jsonl")))
 
 
 def write_rollouts(path: str, rollouts: Rollouts) -> None:

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -87,13 +87,13 @@ class RunContext:
         num_epochs=data.num_epochs, num_workers=data.num_workers)
 
   def loader(self, data: DataConfig, *, with_response: bool = False,
-             drop_remainder: bool = True) -> Loader:
+             drop_remainder: bool = True, exclude: Sequence[int] = ()) -> Loader:
     v = self.model_config.vision
     return Loader(make_dataset(
         data_source(self.dataset_dir, data.split),
         self.loader_config(data, with_response=with_response, drop_remainder=drop_remainder),
         merge_size=v.spatial_merge_size, patch_dim=v.patch_dim,
-        gather_hosts=jax.process_count() > 1))
+        gather_hosts=jax.process_count() > 1, exclude=exclude))
 
   @property
   def eos_token_ids(self) -> tuple[int, ...]:
@@ -112,6 +112,8 @@ class Stage:
   """Checkpoint/resume/hand-off plumbing around one stage's training loop."""
 
   kind = "stage"
+  uses_policy = True    # run() takes the current policy (else None)
+  hands_off = True      # its exported policy becomes the next stage's policy
 
   def __init__(self, ctx: RunContext, name: str, keep_checkpoints: int = 2):
     self.ctx = ctx

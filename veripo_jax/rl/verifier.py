@@ -48,17 +48,12 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
+from veripo_jax.data.prompts import JUDGE_PROMPT, render_judge_prompt
 from veripo_jax.fileio import write_json_atomic, write_jsonl_atomic
 from veripo_jax.rl.pairs import Pair, write_pairs
 from veripo_jax.rl.rewards import (NUMBER_RE, THOUSANDS_RE, unwrap_answer, accuracy_reward,
                                    parse_response)
 
-JUDGE_PROMPT = (
-    "You check whether a model's reasoning supports its final answer.\n"
-    "Reasoning:\n"
-    "{reasoning}\n"
-    "Final answer: {answer}\n"
-    "Does the reasoning conclude with exactly this final answer? Reply with one word: Yes or No.")
 FAMILIES = ("consistency", "penalty", "accuracy", "reflection")
 CONSISTENT, INCONSISTENT, UNKNOWN = "consistent", "inconsistent", "unknown"
 
@@ -264,6 +259,19 @@ def rule_consistent(reasoning: str, answer: str,
   return stated == gold
 
 
+def rule_inconsistency_rate(texts: Sequence[str]) -> float:
+  """Share of responses the rule finds inconsistent, among those with a think and an answer on
+  which it decides (NaN if none): the judge-free inconsistency measure of GRPO rounds and
+  evaluations."""
+  verdicts = []
+  for text in texts:
+    p = parse_response(text)
+    if p.think and p.answer:
+      verdicts.append(rule_consistent(p.think, p.answer))
+  decided = [v for v in verdicts if v is not None]
+  return _rate(sum(not v for v in decided), len(decided))
+
+
 # --- judges ------------------------------------------------------------------------------------
 
 class Judge(Protocol):
@@ -289,12 +297,6 @@ def parse_verdict(reply: str | None) -> str:
   return {"yes": CONSISTENT, "no": INCONSISTENT}.get(word, UNKNOWN)
 
 
-def render_judge_prompt(template: str, reasoning: str, answer: str) -> str:
-  """One pass over the placeholders, so braces or placeholders inside the texts stay literal."""
-  values = {"reasoning": reasoning, "answer": answer}
-  return re.sub(r"\{(reasoning|answer)\}", lambda m: values[m.group(1)], template)
-
-
 class RuleJudge:
   """No judge model: every verdict is unknown, so every judged rollout uses the rule (and the
   metrics show it: fallbacks = judged rollouts, judge agreement undefined)."""
@@ -316,7 +318,9 @@ class PromptJudge:
     self.max_tokens = max_tokens
 
   def prompt_ids(self, reasoning: str, answer: str) -> list[int]:
-    text = render_judge_prompt(self.prompt, reasoning, answer)
+    return self.encode_prompt(render_judge_prompt(self.prompt, reasoning, answer))
+
+  def encode_prompt(self, text: str) -> list[int]:
     if not getattr(self.tokenizer, "chat_template", None):
       return list(self.tokenizer.encode(text))
     text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
@@ -324,9 +328,13 @@ class PromptJudge:
     return list(self.tokenizer.encode(text, add_special_tokens=False))
 
   def verdicts(self, items: Sequence[tuple[str, str]]) -> list[str | None]:
-    if not items:
+    return self.ask([render_judge_prompt(self.prompt, r, a) for r, a in items])
+
+  def ask(self, prompts: Sequence[str]) -> list[str | None]:
+    """Raw replies to already rendered judge prompts (None = failure or timeout)."""
+    if not prompts:
       return []
-    outs = self.client.generate_many([self.prompt_ids(r, a) for r, a in items], self.max_tokens)
+    outs = self.client.generate_many([self.encode_prompt(t) for t in prompts], self.max_tokens)
     return [None if ids is None else self.tokenizer.decode(list(ids), skip_special_tokens=True)
             for ids in outs]
 

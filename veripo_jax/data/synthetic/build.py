@@ -1,4 +1,5 @@
-"""Builds the synthetic world's tokenizer and its train/held-out TFDS datasets from a seed."""
+"""Builds the synthetic world's tokenizer and its TFDS datasets from a seed: question splits
+(train, heldout, ...) and judge splits (names starting with "judge", see `judge.py`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import os
 from typing import Iterator, Mapping
 
 from veripo_jax.data.datasets import QABuilder
-from veripo_jax.data.prompts import QWEN_VL_CHAT_TEMPLATE, TEMPLATES
+from veripo_jax.data.prompts import JUDGE_PROMPT, QWEN_VL_CHAT_TEMPLATE, TEMPLATES
+from veripo_jax.data.synthetic.judge import is_judge_split, make_judge_example
 from veripo_jax.data.synthetic.render import render_media
 from veripo_jax.data.synthetic.tokenizer import build_tokenizer, save_tokenizer
 from veripo_jax.data.synthetic.world import WorldConfig, make_example
@@ -32,6 +34,10 @@ class SyntheticWorldBuilder(QABuilder):
 
   def _examples(self, split: str, count: int):
     for index in range(count):
+      if is_judge_split(split):
+        record = make_judge_example(self._world, self._seed, split, index)
+        yield record["id"], record, b""
+        continue
       record, things = make_example(self._world, self._seed, split, index)
       yield record["id"], record, render_media(record["data_type"], things, self._world)
 
@@ -42,6 +48,7 @@ def tokenizer_corpus(world: WorldConfig, seed: int) -> Iterator[str]:
     for template in TEMPLATES.values():
       yield from template.by_problem_type.values()
     yield QWEN_VL_CHAT_TEMPLATE
+    yield from (JUDGE_PROMPT, "Yes", "No")       # the judge's verdicts as single tokens
   for index in range(world.tokenizer_corpus_examples):
     record, _ = make_example(world, seed, TOKENIZER_SPLIT, index)
     yield " ".join([record["problem"], *record["options"], record["reasoning"],

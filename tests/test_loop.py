@@ -1,0 +1,134 @@
+"""The whole VerIPO loop, reduced: sft -> judge (sft, fresh) -> grpo -> verifier (the judge served
+by JetStream) -> dpo -> grpo (easy prompts discarded) -> eval, and the report. Killed during
+DPO and restarted, it ends with the pairs and metrics of an uninterrupted run.
+
+The policy memorises a 6-example world in its SFT stage, so its rollouts are mostly right and
+well formed: the verifier finds good rollouts and builds pairs, and some prompts are easy.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from veripo_jax import main as runner
+from veripo_jax.config_utils import load_config_file
+from veripo_jax.data.synthetic.build import build_world
+from veripo_jax.data.synthetic.world import WorldConfig
+from veripo_jax.rl.stage import Preempted
+from veripo_jax.train.metrics import read_metrics
+from veripo_jax.train.preemption import PreemptionGuard
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = ("sft", "judge", "grpo", "verifier", "dpo", "grpo_2", "eval")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+  return build_world(tmp_path_factory.mktemp("world"), seed=0,
+                     split_sizes={"train": 6, "heldout": 4, "judge_train": 64,
+                                  "judge_heldout": 8},
+                     world=WorldConfig(tokenizer_corpus_examples=200))
+
+
+def loop_config(world):
+  c = load_config_file(os.path.join(REPO, "configs/tiny.py"))
+  c.data.synthetic = False
+  c.data.dataset_dir = world.dataset_dir
+  c.data.tokenizer_dir = world.tokenizer_dir
+  c.stage_order = STAGES
+  s = c.stages
+  s.sft.steps, s.sft.data.batch_size, s.sft.micro_batch = 40, 6, 6
+  s.sft.save_every_steps = 100
+  s.judge.steps, s.judge.data.batch_size, s.judge.micro_batch = 2, 8, 8
+  for name, rounds in (("grpo", 2), ("grpo_2", 1)):
+    g = s[name]
+    g.rounds, g.data.batch_size, g.rollout.num_samples = rounds, 6, 4
+    g.rollout.max_new_tokens = 96
+    g.global_batch = g.micro_batch = 12       # 6 prompts x 4: 2 steps a round
+  s.verifier.judge.max_concurrent_decodes = 8
+  s.verifier.verifier.judge_max_tokens = 4
+  s.verifier.verifier.max_reasoning_tokens = 96
+  s.dpo.data.batch_size, s.dpo.micro_batch, s.dpo.save_every_steps = 2, 2, 100
+  s.eval.data.batch_size, s.eval.rollout.num_samples = 4, 2
+  return c
+
+
+class StopInStage(PreemptionGuard):
+  """Asks for a stop once `stage` has written its first metrics record."""
+
+  def __init__(self, workdir, stage):
+    super().__init__()
+    self.workdir, self.stage = workdir, stage
+
+  def should_stop(self):
+    return bool(read_metrics(self.workdir, self.stage)) or super().should_stop()
+
+
+@pytest.fixture(scope="module")
+def straight(world, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("loop")
+  return workdir, runner.run(loop_config(world), str(workdir))
+
+
+def _stage_file(workdir, stage, name):
+  with open(os.path.join(workdir, "stages", stage, name), encoding="utf-8") as f:
+    return f.read()
+
+
+def test_loop_runs_every_stage_and_reports(straight):
+  workdir, summaries = straight
+  assert list(summaries) == list(STAGES)
+  verifier = summaries["verifier"]["metrics"]
+  assert verifier["judge/served"] == 1 and verifier["judge/failed_requests"] == 0
+  assert verifier["judge/heldout_count"] == 8
+  assert verifier["verifier/rollouts"] == 2 * 6 * 4
+  pairs = [json.loads(line) for line in _stage_file(workdir, "verifier", "pairs.jsonl")
+           .splitlines()]
+  assert len(pairs) == verifier["verifier/pairs_total"] > 0
+  assert summaries["dpo"]["pairs"] == len(pairs) and summaries["dpo"]["steps"] >= 1
+  # The second GRPO stage trains on the data minus the discarded easy prompts.
+  discard = json.loads(_stage_file(workdir, "verifier", "discard.json"))
+  assert discard["discarded"], "the memorised world should have easy prompts"
+  assert len(discard["discarded"]) == round(0.8 * len(discard["easy"]))
+  seen = {json.loads(line)["source_index"] for line in
+          _stage_file(workdir, "grpo_2", "rollouts/round_00000.jsonl").splitlines()}
+  assert seen and not seen & set(discard["discarded"])
+  # The DPO stage starts from the GRPO policy (the judge's policy is not handed on).
+  first = read_metrics(str(workdir), "dpo")[0]
+  assert abs(first["dpo/loss"] - np.log(2)) < 1e-3
+  report = _stage_text(workdir, "report.md")
+  assert "DPO is" in report and "after grpo_2" in report
+  for family in ("consistency", "penalty", "accuracy", "reflection"):
+    assert family in report
+
+
+def _stage_text(workdir, name):
+  with open(os.path.join(workdir, name), encoding="utf-8") as f:
+    return f.read()
+
+
+def test_killed_during_dpo_resumes_to_the_same_pairs_and_metrics(world, straight, tmp_path):
+  cfg = loop_config(world)
+  with pytest.raises(Preempted, match="dpo"):
+    runner.run(cfg, str(tmp_path), guard=StopInStage(str(tmp_path), "dpo"))
+  assert not os.path.exists(tmp_path / "stages/dpo/done.json")
+  summaries = runner.run(cfg, str(tmp_path))
+  workdir, want = straight
+  for name in ("pairs.jsonl", "checks.jsonl", "discard.json"):
+    assert _stage_file(tmp_path, "verifier", name) == _stage_file(workdir, "verifier", name)
+  assert untimed(summaries["verifier"]["metrics"]) == untimed(want["verifier"]["metrics"])
+  for stage, key in (("dpo", "dpo/loss"), ("grpo_2", "reward/mean")):
+    got = [(r["step"], r[key]) for r in read_metrics(str(tmp_path), stage) if key in r]
+    ref = [(r["step"], r[key]) for r in read_metrics(str(workdir), stage) if key in r]
+    assert [s for s, _ in got] == [s for s, _ in ref]
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in ref], rtol=1e-5, atol=1e-6)
+  assert _stage_file(tmp_path, "grpo_2", "rollouts/round_00000.jsonl") == _stage_file(
+      workdir, "grpo_2", "rollouts/round_00000.jsonl")
+  assert untimed(summaries["eval"]["metrics"]) == pytest.approx(
+      untimed(want["eval"]["metrics"]), rel=1e-5)
+
+
+def untimed(metrics):
+  return {k: v for k, v in metrics.items() if not k.startswith("time/")}

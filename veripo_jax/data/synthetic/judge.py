@@ -1,0 +1,72 @@
+"""Labelled examples for the tiny consistency judge of the embedded default.
+
+Each example takes a world question's templated reasoning, keeps its conclusion or rewrites it
+to another candidate answer, and pairs it with an answer tag that either equals the conclusion
+(label "Yes": consistent) or not ("No"). The two coins are independent, so the label says
+nothing about correctness: the judge must compare the reasoning's conclusion with the tag, which
+is the verifier's consistency check (reference/veripo_method.md §4).
+
+The gold reply thinks briefly before the verdict (`<think>The reasoning concludes B. The final
+answer is C.</think>No`): copying the two values next to each other turns a comparison across
+the prompt into one between adjacent tokens, which a two-layer model learns in minutes. The
+verifier reads the word after the think block (`rl.verifier.parse_verdict`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from veripo_jax.data.prompts import JUDGE_PROMPT, render_judge_prompt
+from veripo_jax.data.synthetic.world import LETTERS, WorldConfig, example_rng, make_example
+
+JUDGE_SPLIT_PREFIX = "judge"      # dataset splits named judge* hold judge examples
+YES, NO = "Yes", "No"
+
+
+def is_judge_split(split: str) -> bool:
+  return split.startswith(JUDGE_SPLIT_PREFIX)
+
+
+def _candidates(record: dict) -> list[str]:
+  """Answers a reasoning about this question could reach: option letters (at least A-D, so a
+  one-option question has wrong letters too), or nearby non-negative numbers."""
+  if record["problem_type"] == "multiple choice":
+    return list(LETTERS[:max(4, len(record["options"]))])
+  gold = int(record["answer"])
+  return [str(v) for v in range(max(0, gold - 3), gold + 4)]
+
+
+def _value_pattern(value: str) -> re.Pattern:
+  if value.isdigit():
+    return re.compile(rf"(?<![\w.]){value}(?![\w])")
+  return re.compile(rf"(?<![A-Za-z0-9']){value}(?![A-Za-z0-9'])")
+
+
+def restate(reasoning: str, old: str, new: str) -> str:
+  """The reasoning with its last mention of `old` (its conclusion, in every world template)
+  replaced by `new`."""
+  matches = list(_value_pattern(old).finditer(reasoning))
+  if not matches:
+    raise ValueError(f"reasoning never states {old!r}: {reasoning!r}")
+  last = matches[-1]
+  return reasoning[:last.start()] + new + reasoning[last.end():]
+
+
+def make_judge_example(world: WorldConfig, seed: int, split: str, index: int,
+                       prompt: str = JUDGE_PROMPT) -> dict:
+  """One text-only record whose `problem` is the rendered judge prompt and `answer` Yes/No."""
+  base, _ = make_example(world, seed, f"{split}/question", index)
+  rng = example_rng(seed, split, index)
+  gold, candidates = base["answer"], _candidates(base)
+  others = [c for c in candidates if c != gold]
+  stated = gold if rng.random() < 0.5 else others[int(rng.integers(len(others)))]
+  reasoning = restate(base["reasoning"], gold, stated)
+  consistent = bool(rng.random() < 0.5)
+  wrong = [c for c in candidates if c != stated]
+  answer = stated if consistent else wrong[int(rng.integers(len(wrong)))]
+  return dict(id=f"{split}-{index}", data_type="text", difficulty=base["difficulty"],
+              media_path="", problem_type="free-form",
+              problem=render_judge_prompt(prompt, reasoning, answer), options=[],
+              answer=YES if consistent else NO, task="judge",
+              reasoning=f"The reasoning concludes {stated}. The final answer is {answer}.")
+
