@@ -74,7 +74,7 @@ class DPOStage(Stage):
                       rules=ctx.rules, frozen=cfg.frozen)
     reference = learner.snapshot()
     v = ctx.model_config.vision
-    loader = pair_loader(self.pairs, ctx.dataset_dir, cfg.data.split, ctx.loader_config(
+    loader = pair_loader(self.pairs, ctx.data_dir(cfg.data), cfg.data.split, ctx.loader_config(
         cfg.data), merge_size=v.spatial_merge_size, patch_dim=v.patch_dim,
         process_index=jax.process_index(), process_count=jax.process_count(),
         gather_hosts=jax.process_count() > 1)

@@ -42,7 +42,12 @@ class Preempted(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Which split a stage reads and how it is batched; `batch_size` counts prompts per host."""
+  """Which split a stage reads and how it is batched; `batch_size` counts prompts per host.
+
+  `dataset_dir` "" reads the run's `config.data.dataset_dir`; a stage names another built dataset
+  when its data has another format (e.g. the evaluation benchmarks) or lives elsewhere.
+  """
+  dataset_dir: str = ""
   split: str = "train"
   batch_size: int = 8
   template: str = "video_r1_think"
@@ -74,6 +79,10 @@ class RunContext:
   def stage_dir(self, name: str) -> str:
     return os.path.join(self.workdir, "stages", name)
 
+  def data_dir(self, data: DataConfig) -> str:
+    """The dataset directory a stage's `data` reads: its own, else the run's."""
+    return data.dataset_dir or self.dataset_dir
+
   def loader_config(self, data: DataConfig, *, with_response: bool = False,
                     drop_remainder: bool = True) -> LoaderConfig:
     spec = BatchSpec(batch_size=data.batch_size, prompt_buckets=data.prompt_buckets,
@@ -90,7 +99,7 @@ class RunContext:
              drop_remainder: bool = True, exclude: Sequence[int] = ()) -> Loader:
     v = self.model_config.vision
     return Loader(make_dataset(
-        data_source(self.dataset_dir, data.split),
+        data_source(self.data_dir(data), data.split),
         self.loader_config(data, with_response=with_response, drop_remainder=drop_remainder),
         merge_size=v.spatial_merge_size, patch_dim=v.patch_dim,
         gather_hosts=jax.process_count() > 1, exclude=exclude))

@@ -1,0 +1,179 @@
+"""The shipped configs build into their stage dataclasses exactly as main does (a misspelt field
+fails here, not hours into a run), their stages refer only to earlier stages that can serve, and
+the paper recipe carries the numbers of Table 1 (reference/veripo_method.md §1, §6)."""
+
+import os
+
+import pytest
+
+from veripo_jax import main
+from veripo_jax.config_utils import from_config, load_config_file
+from veripo_jax.data.batching import BatchSpec
+from veripo_jax.rl.stage import DataConfig, RunContext
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+TINY, TPU_7B, GPU_3B = "tiny.py", "veripo_qwen2_5_vl_7b.py", "veripo_qwen2_5_vl_3b_gpu.py"
+PIXELS_28 = 28 * 28
+
+# Table 1, by this recipe's stage names: responses (DPO: pairs) per optimizer step, learning
+# rate, and G or beta. The group-slow-search stage is split into its image and video parts.
+_ACTIVATION, _SEARCH = dict(global_batch=128, lr=1e-6, G=8), dict(global_batch=64, lr=1e-6, G=8)
+_ALIGN, _LATER = dict(global_batch=32, lr=5e-7, beta=0.1), dict(global_batch=64, lr=5e-7, G=8)
+TABLE1 = {"activation": _ACTIVATION, "search_image": _SEARCH, "search_video": _SEARCH,
+          "dpo_1": _ALIGN, "grpo_1": _LATER, "dpo_2": _ALIGN, "grpo_2": _LATER}
+ROLLOUT_PROMPTS = 64
+V5P_128_HOSTS = 16
+
+
+def load(name, arg=None):
+  return load_config_file(os.path.join(CONFIGS, name), arg)
+
+
+def build_stages(cfg) -> dict:
+  """name -> (kind, the stage's config dataclass), built the way main.make_stage builds it."""
+  out = {}
+  for name in cfg.stage_order:
+    section = cfg.stages[name]
+    config_cls, _ = main.STAGE_KINDS[section.kind]
+    fields = {k: v for k, v in section.items() if k not in main._RUNNER_FIELDS}
+    out[name] = (section.kind, from_config(config_cls, fields, f"config.stages.{name}"))
+  return out
+
+
+@pytest.fixture(scope="module", params=(TINY, TPU_7B, GPU_3B))
+def config(request):
+  cfg = load(request.param)
+  return cfg, build_stages(cfg)
+
+
+def test_stages_build_with_valid_buckets(config):
+  cfg, stages = config
+  assert len(set(cfg.stage_order)) == len(cfg.stage_order)
+  for name, (kind, stage) in stages.items():
+    data = getattr(stage, "data", None)
+    if data is not None:          # BatchSpec checks its buckets only when a loader starts
+      BatchSpec(batch_size=data.batch_size, prompt_buckets=data.prompt_buckets,
+                response_buckets=data.response_buckets, patch_buckets=data.patch_buckets)
+    section = cfg.stages[name]
+    assert "pairs" not in section or kind == "dpo", f"{name}: pairs on a {kind} stage"
+    assert isinstance(section.get("hands_off", False), bool), name
+
+
+def test_references_point_to_earlier_stages(config):
+  cfg, stages = config
+  order = list(cfg.stage_order)
+
+  def earlier(name, ref, kinds, what):
+    assert ref in order[:order.index(name)], f"{name}.{what}={ref!r}: not an earlier stage"
+    assert stages[ref][0] in kinds, f"{name}.{what}={ref!r} is a {stages[ref][0]} stage"
+    return stages[ref][1]
+
+  for name, (kind, stage) in stages.items():
+    section = cfg.stages[name]
+    init = section.get("init", "")
+    if init not in ("", "fresh"):
+      earlier(name, init, ("sft", "grpo", "dpo"), "init")
+    if kind == "verifier":
+      earlier(name, stage.rollouts_from, ("grpo",), "rollouts_from")
+      if stage.judge.from_stage:
+        earlier(name, stage.judge.from_stage, ("sft", "grpo", "dpo"), "judge.from_stage")
+    if kind == "dpo":
+      verifier = earlier(name, section.pairs, ("verifier",), "pairs")
+      # Pairs name their prompts by position in the split the verified rollouts came from,
+      # and the DPO stage must encode them as the sampler saw them.
+      source = stages[verifier.rollouts_from][1].data
+      assert (stage.data.split, stage.data.dataset_dir, stage.data.template, stage.data.vision
+              ) == (source.split, source.dataset_dir, source.template, source.vision), name
+    if kind == "grpo":
+      for ref in stage.discard_from:
+        verifier = earlier(name, ref, ("verifier",), "discard_from")
+        source = stages[verifier.rollouts_from][1].data
+        assert (stage.data.split, stage.data.dataset_dir) == (source.split, source.dataset_dir)
+
+
+def test_tpu_recipe_is_table_1():
+  cfg = load(TPU_7B)
+  stages = build_stages(cfg)
+  kinds = [stages[n][0] for n in cfg.stage_order]
+  assert kinds == ["grpo"] * 3 + ["verifier", "dpo", "grpo"] * 2 + ["eval"] * 5
+  assert not cfg.data.synthetic and cfg.model.checkpoint == cfg.data.tokenizer_dir
+  assert (cfg.model.dtype, cfg.model.param_dtype) == ("bfloat16", "float32")
+  for name, row in TABLE1.items():
+    kind, s = stages[name]
+    opt = s.optimizer
+    assert opt.learning_rate == row["lr"], name
+    assert (opt.b1, opt.b2, opt.warmup_ratio) == (0.9, 0.95, 0.03), name
+    assert s.objective.remat, name
+    if kind == "dpo":
+      assert s.data.batch_size * V5P_128_HOSTS == row["global_batch"], name
+      assert s.objective.beta == row["beta"], name
+      continue
+    assert s.global_batch == row["global_batch"], name
+    assert s.data.batch_size * V5P_128_HOSTS == ROLLOUT_PROMPTS, name
+    assert (s.rollout.num_samples, s.rollout.temperature, s.rollout.max_new_tokens) == (
+        row["G"], 1.0, 4096), name
+    assert (s.objective.clip_eps, s.objective.dual_clip, s.objective.kl_coef) == (0.2, 3.0, 0.0)
+    v = s.data.vision
+    assert (v.fps, v.min_frames, v.max_frames, v.max_pixels) == (2.0, 4, 16, 128 * PIXELS_28)
+    # Later GRPO stages leave out what every verifier so far discarded.
+    iteration = int(name[-1]) if name.startswith("grpo_") else 0
+    assert s.discard_from == tuple(f"verifier_{i}" for i in range(1, iteration + 1)), name
+  # One epoch per stage: 70k reasoning-activation examples, 24k video QA, in rounds of 64.
+  assert stages["activation"][1].rounds == 70_000 // ROLLOUT_PROMPTS
+  assert stages["search_video"][1].rounds == 24_000 // ROLLOUT_PROMPTS
+  for name in ("verifier_1", "verifier_2"):
+    v = stages[name][1]
+    assert (v.discard_fraction, v.heldout_split, v.verifier.max_reasoning_tokens) == (
+        0.8, "", 4096)
+    assert v.judge.checkpoint and not v.judge.from_stage
+  for name in cfg.stage_order[-5:]:
+    e = stages[name][1]
+    assert (e.rollout.num_samples, e.rollout.temperature, e.rollout.max_new_tokens) == (1, 0.0,
+                                                                                      4096)
+    assert (e.data.template, e.data.shuffle, e.data.num_epochs) == ("veripo_eval", False, 1)
+    assert (e.data.vision.max_frames, e.data.vision.max_pixels) == (128, 256 * PIXELS_28)
+    assert e.data.dataset_dir
+
+
+def test_tpu_slices_keep_the_global_batches():
+  big = build_stages(load(TPU_7B, "v5p-256"))      # 32 hosts
+  assert big["activation"][1].data.batch_size * 32 == ROLLOUT_PROMPTS
+  assert big["dpo_1"][1].data.batch_size * 32 == 32
+  with pytest.raises(ValueError, match="does not split over 64 hosts"):
+    load(TPU_7B, "v5p-512")
+  with pytest.raises(ValueError, match="v5p slice"):
+    load(TPU_7B, "v4-8")
+
+
+def test_gpu_recipe_keeps_table_1_but_sizes():
+  cfg = load(GPU_3B)
+  gpu, tpu = build_stages(cfg), build_stages(load(TPU_7B))
+  assert cfg.stage_order == load(TPU_7B).stage_order
+  assert (cfg.mesh.data, cfg.mesh.tensor) == (1, 1)
+  for name, row in TABLE1.items():
+    g, t = gpu[name][1], tpu[name][1]
+    assert g.optimizer == t.optimizer and g.objective == t.objective, name
+    if gpu[name][0] == "grpo":
+      assert g.global_batch == row["global_batch"] and g.rollout.num_samples == row["G"], name
+      assert g.micro_batch == row["G"]              # one group: the least memory GRPO allows
+    else:
+      assert g.data.batch_size == row["global_batch"]  # one host: pairs per step
+
+
+def test_shared_references_follow_overrides():
+  cfg = load(TPU_7B)
+  cfg.model.checkpoint = "/ckpt"
+  cfg.stages.eval_mmvu.data.dataset_dir = "/eval"
+  cfg.stages.verifier_2.judge.checkpoint = "/judge"
+  assert cfg.data.tokenizer_dir == "/ckpt"
+  assert {cfg.stages[n].data.dataset_dir for n in cfg.stage_order if n.startswith("eval_")} == {
+      "/eval"}
+  assert cfg.stages.verifier_1.judge.checkpoint == "/judge"
+
+
+def test_a_stage_dataset_dir_overrides_the_runs():
+  """The eval stages read another built dataset than the run's (DataConfig.dataset_dir)."""
+  ctx = RunContext(workdir="", mesh=None, model_config=None, tokenizer=None, tokenizer_dir="",
+                   dataset_dir="/run", writer=None, guard=None)
+  assert ctx.data_dir(DataConfig()) == "/run"
+  assert ctx.data_dir(DataConfig(dataset_dir="/eval")) == "/eval"
