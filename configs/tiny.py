@@ -22,9 +22,6 @@ def _data(split, batch_size, **kw):
                                         vision=dict(_SMALL_VIDEO), **_BUCKETS, **kw))
 
 
-JUDGE_STEPS = 600
-
-
 def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -57,7 +54,7 @@ def get_config():
       frozen=(), save_every_steps=40))
   # The judge: same tiny architecture, fresh weights, text only; its policy is not handed on.
   c.stages.judge = ml_collections.ConfigDict(dict(
-      kind="sft", init="fresh", hands_off=False, steps=JUDGE_STEPS, micro_batch=32,
+      kind="sft", init="fresh", hands_off=False, steps=150, micro_batch=32,
       data=_data("judge_train", 32, template="judge"),
       optimizer=dict(learning_rate=3e-3, warmup_ratio=0.03, weight_decay=0.0,
                      schedule="constant"),
@@ -74,7 +71,8 @@ def get_config():
       judge=dict(from_stage="judge", max_concurrent_decodes=16, max_prefill_length=512,
                  max_decode_length=32, max_workers=16),
       verifier=dict(judge_max_tokens=24, max_reasoning_tokens=128, max_pairs_per_prompt=2),
-      heldout_split="judge_heldout", discard_fraction=0.8, discard_seed=0))
+      heldout_split="judge_heldout", min_heldout_agreement=0.9, discard_fraction=0.8,
+      discard_seed=0))
   c.stages.dpo = ml_collections.ConfigDict(dict(
       kind="dpo", pairs="verifier", epochs=1.0, micro_batch=16, data=_data("train", 16, seed=2),
       objective=dict(beta=0.1), optimizer=dict(learning_rate=1e-4, warmup_ratio=0.0,

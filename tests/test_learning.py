@@ -1,5 +1,5 @@
 """A tiny policy visibly learns: SFT warm start on the synthetic world, then GRPO raises the
-held-out accuracy reward (greedy answers, scored by the training rewards).
+held-out accuracy reward (sampled answers, scored by the training rewards).
 
 A reduced `configs/tiny.py` (fewer examples, steps and rounds); the full default measures the
 same thing at its own size (see the README's learning figures).
@@ -17,6 +17,7 @@ MIN_GAIN = 0.1
 def test_grpo_raises_heldout_accuracy(tmp_path):
   cfg = load_config_file(os.path.join(REPO, "configs/tiny.py"))
   cfg.data.split_sizes = {"train": 256, "heldout": 48}
+  cfg.stage_order = ("sft", "eval_sft", "grpo", "eval")
   cfg.stages.grpo.rounds = 30
   summaries = runner.run(cfg, str(tmp_path))
   before = summaries["eval_sft"]["metrics"]

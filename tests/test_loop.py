@@ -39,8 +39,9 @@ def loop_config(world):
   c.data.tokenizer_dir = world.tokenizer_dir
   c.stage_order = STAGES
   s = c.stages
-  s.sft.steps, s.sft.data.batch_size, s.sft.micro_batch = 40, 6, 6
-  s.sft.save_every_steps = 100
+  s.sft.steps, s.sft.data.batch_size, s.sft.micro_batch = 120, 6, 6
+  s.sft.optimizer.learning_rate, s.sft.optimizer.schedule = 5e-3, "constant"
+  s.sft.save_every_steps = 1000
   s.judge.steps, s.judge.data.batch_size, s.judge.micro_batch = 2, 8, 8
   for name, rounds in (("grpo", 2), ("grpo_2", 1)):
     g = s[name]
@@ -48,6 +49,7 @@ def loop_config(world):
     g.rollout.max_new_tokens = 96
     g.global_batch = g.micro_batch = 12       # 6 prompts x 4: 2 steps a round
   s.verifier.judge.max_concurrent_decodes = 8
+  s.verifier.min_heldout_agreement = 0.0     # serve the (barely trained) judge regardless
   s.verifier.verifier.judge_max_tokens = 4
   s.verifier.verifier.max_reasoning_tokens = 96
   s.dpo.data.batch_size, s.dpo.micro_batch, s.dpo.save_every_steps = 2, 2, 100

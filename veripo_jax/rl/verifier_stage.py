@@ -71,6 +71,9 @@ class VerifierStageConfig:
   # judge's agreement with the ground truth is measured; "" skips the measurement.
   heldout_split: str = ""
   heldout_limit: int = 0            # 0: the whole split
+  # A judge whose held-out agreement is below this is not trusted: the rules judge instead
+  # (reported as judge/trusted = 0). 0 trusts any judge.
+  min_heldout_agreement: float = 0.0
   discard_fraction: float = 0.8     # share of the easy (all-correct) prompts to drop next GRPO
   discard_seed: int = 0
 
@@ -175,10 +178,18 @@ class VerifierStage(Stage):
         heldout = data_source(ctx.dataset_dir, cfg.heldout_split)
         n = min(len(heldout), cfg.heldout_limit or len(heldout))
         metrics.update(heldout_agreement(judge, [heldout[i] for i in range(n)]))
+      trusted = served and not (metrics.get("judge/heldout_agreement", 1.0)
+                                < cfg.min_heldout_agreement)
+      metrics["judge/trusted"] = int(trusted)
+      if served and not trusted:
+        logging.warning("%s: judge agreement %.3f on %s is below %.3f; the rules judge instead",
+                        self.name, metrics["judge/heldout_agreement"], cfg.heldout_split,
+                        cfg.min_heldout_agreement)
       judge_start = time.perf_counter()
-      result = verify(records, judge, cfg.verifier, encode, ctx.eos_token_ids[0])
+      result = verify(records, judge if trusted else RuleJudge(), cfg.verifier, encode,
+                      ctx.eos_token_ids[0])
       metrics["time/judge_s"] = time.perf_counter() - judge_start
-      if served:
+      if trusted:
         client = judge.client
         metrics.update({"judge/requests": client.num_requests,
                         "judge/failed_requests": client.num_failures,
