@@ -67,7 +67,8 @@ class FakeRun:
                "verifier/good_rate": 0.375,
                **{f"verifier/pairs_{f}": n for f, n in FAMILIES.items()},
                "verifier/pairs_total": sum(FAMILIES.values()), "judge/heldout_agreement": 0.875,
-               "judge/heldout_count": 8, "judge/served": 1, "verifier/easy_prompts": 3,
+               "judge/heldout_count": 8, "judge/served": 1, "judge/trusted": 1,
+               "verifier/easy_prompts": 3,
                "verifier/discarded_prompts": 2, "time/sample_s": 0.02}
     self.record("verifier", 0, **metrics)
     self.done("verifier", "verifier", metrics=metrics)
@@ -111,7 +112,7 @@ def test_full_run_report(tmp_path):
   assert "| stage | consistency | penalty | accuracy | reflection | total |" in text
   assert f"| verifier | {counts} | 23 |" in text
   assert f"| dpo (trained on) | {counts} | 23 |" in text
-  assert "| verifier | yes (JetStream judge) | 0.875 (n=8) | 0.75 | 1 / 12 |" in text
+  assert "| verifier | yes (JetStream judge) | yes | 0.875 (n=8) | 0.75 | 1 / 12 |" in text
 
   # The first step or round of a stage with more than 2 is left out; grpo_2 has only 2.
   grpo = mean(GRPO_PROMPT_TIMES["grpo"][1:] + GRPO_PROMPT_TIMES["grpo_2"])

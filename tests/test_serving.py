@@ -152,6 +152,28 @@ def test_stopped_server_gives_none_within_timeout(engine):
     assert not c.healthy()
 
 
+class FailingEngine(QwenEngine):
+  """Its decode step raises: JetStream's generate thread fails."""
+
+  def generate(self, params, decode_state):
+    raise RuntimeError("injected decode failure")
+
+
+def test_engine_thread_failure_does_not_kill_the_process(model):
+  """JetStream 0.2.2 SIGKILLs its process when a driver thread fails; the judge server lives in
+  the trainer, so a failure must instead end in refused requests (and a failed health check)."""
+  srv = start_server(FailingEngine(model, **ENGINE), portpicker.pick_unused_port())
+  try:
+    with JudgeClient(srv.address, timeout_s=5, retries=1, backoff_s=0.05) as c:
+      assert c.generate_many([[2, 3, 4]], 4) == [None]   # the request that hits the failure
+      start = time.monotonic()
+      assert c.generate_many([[5, 6], [7, 8]], 4) == [None, None]
+      assert time.monotonic() - start < 2                # refused at once, not timed out
+      assert not c.healthy()
+  finally:
+    srv.stop()
+
+
 def test_cli_serves_and_exits_on_sigterm(checkpoint):
   port = portpicker.pick_unused_port()
   proc = subprocess.Popen(

@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import types
 
 import jax
+
+_log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -23,6 +26,9 @@ def jetstream() -> types.SimpleNamespace:
     without it the first request kills the process.
   - Importing the orchestrator sets the root logger to DEBUG and adds a stdout handler
     (hundreds of lines per request): both are restored.
+  - A failing driver thread (`JetThread`) SIGKILLs the whole process, which would take the
+    trainer serving the judge down with it: the thread now logs, keeps the exception in
+    `thread.error` and ends; the server reports itself failed (see `failed_thread`).
   """
   if not hasattr(jax, "tree_map"):
     jax.tree_map = jax.tree.map
@@ -38,10 +44,26 @@ def jetstream() -> types.SimpleNamespace:
     for handler in root.handlers[:]:
       if handler not in handlers:
         root.removeHandler(handler)
+  orchestrator.JetThread.run = _run_and_keep_error
   return types.SimpleNamespace(
       engine_api=engine_api, tokenizer_api=tokenizer_api, tokenizer_pb2=tokenizer_pb2,
       orchestrator=orchestrator, jetstream_pb2=jetstream_pb2,
       jetstream_pb2_grpc=jetstream_pb2_grpc)
+
+
+def _run_and_keep_error(thread: threading.Thread) -> None:
+  thread.error = None
+  try:
+    threading.Thread.run(thread)
+  except Exception as e:  # noqa: BLE001 (any failure: keep it, never kill the process)
+    thread.error = e
+    _log.exception("JetStream thread %s failed; the judge server now refuses requests",
+                   thread.name)
+
+
+def failed_thread(driver) -> threading.Thread | None:
+  """A driver thread that ended with an exception, if any."""
+  return next((t for t in driver._all_threads if getattr(t, "error", None)), None)  # noqa: SLF001
 
 
 def check_max_prefill_length(n: int) -> int:

@@ -21,7 +21,7 @@ from concurrent import futures
 import grpc
 import jax.numpy as jnp
 
-from veripo_jax.serving.compat import jetstream
+from veripo_jax.serving.compat import failed_thread, jetstream
 from veripo_jax.serving.engine import QwenEngine
 
 _js = jetstream()
@@ -36,6 +36,10 @@ class _Servicer(_js.orchestrator.LLMOrchestrator):
     self._engine = engine
 
   async def Decode(self, request, context=None):  # noqa: N802 (gRPC method name)
+    failed = failed_thread(self._driver)
+    if failed is not None:       # fail fast: the client falls back instead of timing out
+      await context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"judge engine thread {failed.name} failed: {failed.error!r}")
     if request.WhichOneof("content") != "token_content":
       problem = "send token ids (token_content): this server does not tokenize"
     elif request.max_tokens < 1:
@@ -46,6 +50,11 @@ class _Servicer(_js.orchestrator.LLMOrchestrator):
       await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
     async for response in super().Decode(request, context):
       yield response
+
+  async def HealthCheck(self, request, context=None):  # noqa: N802
+    response = await super().HealthCheck(request, context)
+    response.is_live = response.is_live and failed_thread(self._driver) is None
+    return response
 
 
 class JudgeServer:

@@ -26,7 +26,7 @@ REPORT_FILE = "report.md"
 PLOT_DIR = "report"
 KINDS = ("sft", "grpo", "dpo", "eval", "verifier")
 UNITS = {"sft": "s per example", "grpo": "s per response", "dpo": "s per pair",
-         "eval": "s per example", "verifier": "s per rollout"}
+         "eval": "s per response", "verifier": "s per rollout"}
 HEADLINE = (("accuracy", "eval/accuracy"), ("response length", "eval/length_mean"),
             ("inconsistency rate", "eval/inconsistency_rate"))
 GRPO_CURVES = (("accuracy reward", "reward/accuracy"), ("response length", "response/length_mean"),
@@ -264,20 +264,26 @@ def _served(value) -> str:
   return "yes (JetStream judge)" if value else "no (rules only)"
 
 
+def _trusted(value) -> str:
+  if value is None:
+    return NA
+  return "yes" if value else "no: below min_heldout_agreement, rules judged"
+
+
 def _judge(stages: list[StageData], plot_dir: str) -> list[str]:
   lines = ["## Judge", ""]
   verifiers = _of_kind(stages, "verifier")
   if not verifiers:
     return lines + ["No verifier stage."]
   values = [s.values() for s in verifiers]
-  rows = [[s.name, _served(v.get("judge/served")),
+  rows = [[s.name, _served(v.get("judge/served")), _trusted(v.get("judge/trusted")),
            f"{_fmt(v.get('judge/heldout_agreement'))} (n={_fmt(v.get('judge/heldout_count'))})",
            _fmt(v.get("verifier/judge_agreement")),
            f"{_fmt(v.get('verifier/fallbacks'))} / {_fmt(v.get('verifier/judged'))}",
            _fmt(v.get("verifier/inconsistency_rate")), _fmt(v.get("verifier/correct_rate")),
            _fmt(v.get("verifier/easy_prompts")), _fmt(v.get("verifier/discarded_prompts"))]
           for s, v in zip(verifiers, values)]
-  lines += _table(["stage", "judge served", "held-out agreement with ground truth",
+  lines += _table(["stage", "judge served", "judge trusted", "held-out agreement with ground truth",
                    "agreement with rules", "fallbacks / judged", "inconsistency rate",
                    "correct rate", "easy prompts", "discarded prompts"], rows)
   fig, axes = _figure(1)
