@@ -1,4 +1,4 @@
-"""The shipped configs build into their stage dataclasses exactly as main does (a misspelt field
+"""The shipped configs build into their stage dataclasses exactly as the loop does (a misspelt field
 fails here, not hours into a run), their stages refer only to earlier stages that can serve, and
 the paper recipe carries the numbers of Table 1 (reference/veripo_method.md §1, §6)."""
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from veripo_jax import main
+from veripo_jax.rl import loop
 from veripo_jax.config_utils import from_config, load_config_file
 from veripo_jax.data.batching import BatchSpec
 from veripo_jax.rl.stage import DataConfig, RunContext
@@ -30,12 +30,12 @@ def load(name, arg=None):
 
 
 def build_stages(cfg) -> dict:
-  """name -> (kind, the stage's config dataclass), built the way main.make_stage builds it."""
+  """name -> (kind, the stage's config dataclass), built the way loop.make_stage builds it."""
   out = {}
   for name in cfg.stage_order:
     section = cfg.stages[name]
-    config_cls, _ = main.STAGE_KINDS[section.kind]
-    fields = {k: v for k, v in section.items() if k not in main._RUNNER_FIELDS}
+    config_cls, _ = loop.STAGE_KINDS[section.kind]
+    fields = {k: v for k, v in section.items() if k not in loop.RUNNER_FIELDS}
     out[name] = (section.kind, from_config(config_cls, fields, f"config.stages.{name}"))
   return out
 

@@ -13,7 +13,8 @@ from veripo_jax.rl.pairs import read_pairs
 from veripo_jax.rl.verifier import (JUDGE_PROMPT, PromptJudge, RuleJudge, VerifierConfig,
                                     parse_verdict, reasoning_repetition, reflection_text,
                                     render_judge_prompt, repetition_ratio, rule_consistent,
-                                    stated_answer, verify, write_verifier_outputs)
+                                    rule_inconsistency_rate, stated_answer, verify,
+                                    write_verifier_outputs)
 
 EOS, BOS = 1_000_000, 1_000_001
 PHRASE = "Wait, let me check this again."
@@ -316,3 +317,21 @@ def test_config_and_input_errors():
   del records[0]["source_index"]
   with pytest.raises(ValueError, match="source_index"):
     verify(records, RuleJudge(), VerifierConfig(), encode, EOS)
+
+
+def test_reasoning_without_a_stated_answer_is_inconsistent_by_default():
+  texts = [R("The ball moves left. So the answer is B.", "B"),
+           R("Let me look at the ball.", "B")]           # correct, but concludes nothing
+  records = [{"prompt_id": "p", "source_index": 0, "sample": i, "tokens": encode(t) + [EOS],
+              "truncated": False, "text": t, "answer": "B", "problem_type": "multiple choice"}
+             for i, t in enumerate(texts)]
+  strict = verify(records, RuleJudge(), VerifierConfig(), encode, EOS)
+  assert [c.consistent for c in strict.checks] == [True, False]
+  assert [(p.family, p.rejected_text) for p in strict.pairs] == [("consistency", texts[1])]
+  lenient = verify(records, RuleJudge(),
+                   VerifierConfig(undecided_is_inconsistent=False), encode, EOS)
+  assert [c.consistent for c in lenient.checks] == [True, None] and lenient.pairs == []
+  for result in (strict, lenient):
+    assert result.metrics["verifier/undecided"] == 1
+  assert strict.metrics["verifier/inconsistency_rate"] == 0.5
+  assert rule_inconsistency_rate(texts + ["no tags", R("So the answer is C.", "B")]) == 2 / 3

@@ -1,43 +1,21 @@
 """Command-line entry point: `python -m veripo_jax.main --config=configs/X.py --workdir=DIR`.
 
-Runs the stages `config.stage_order` names, in order; `--config.<field>=value` overrides any
-field. Each training stage starts from the previous stage's exported policy; re-running with
-the same workdir skips finished stages and resumes the running one from its checkpoint.
+Runs the stages `config.stage_order` names, in order (`veripo_jax.rl.loop`);
+`--config.<field>=value` overrides any field; re-running with the same workdir resumes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags, logging
-from flax import nnx
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from veripo_jax.config_utils import from_config
-from veripo_jax.data.synthetic.build import build_world
-from veripo_jax.data.synthetic.tokenizer import model_config_overrides
-from veripo_jax.data.synthetic.world import WorldConfig
-from veripo_jax.data.tokenization import load_tokenizer
-from veripo_jax.fileio import write_text_atomic
-from veripo_jax.models.qwen2_5_vl import (Qwen25VL, Qwen25VLConfig, from_hf_config, get_preset,
-                                         load_hf_checkpoint)
 from veripo_jax.parallel import multihost
-from veripo_jax.parallel.sharding import make_mesh, shard_model
-from veripo_jax.rl.dpo import DPOConfig, DPOStage
-from veripo_jax.rl.evaluate import EvalConfig, EvalStage
-from veripo_jax.rl.grpo import GRPOConfig, GRPOStage
-from veripo_jax.rl.pairs import read_pairs
-from veripo_jax.rl.sft import SFTConfig, SFTStage
-from veripo_jax.rl.stage import Preempted, RunContext, Stage
-from veripo_jax.rl.verifier_stage import PAIRS_FILE, VerifierStage, VerifierStageConfig
-from veripo_jax.train.metrics import MetricsWriter
-from veripo_jax.train.preemption import PreemptionGuard
-from veripo_jax.train.report import write_report
+from veripo_jax.rl.loop import ConfigError, run
+from veripo_jax.rl.stage import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config file.",
                                           lock_config=True)
@@ -46,125 +24,7 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Initialise jax.distributed (TPU pods: automatic; elsewhere from "
                                "VERIPO_COORDINATOR / VERIPO_NUM_PROCESSES / VERIPO_PROCESS_ID).")
 
-STAGE_KINDS = {"sft": (SFTConfig, SFTStage), "grpo": (GRPOConfig, GRPOStage),
-               "dpo": (DPOConfig, DPOStage), "eval": (EvalConfig, EvalStage),
-               "verifier": (VerifierStageConfig, VerifierStage)}
-# Fields of `config.stages.<name>` that main reads itself (the rest go to the kind's config):
-#   init       where the stage's model starts: "" = the current policy, "fresh" = new weights,
-#              a stage name = that stage's exported policy, else a checkpoint directory;
-#   hands_off  whether the stage's exported policy becomes the current policy (default: the
-#              kind's; a judge trained by an sft stage sets False);
-#   pairs      (dpo) a verifier stage's name, or a pairs.jsonl path.
-_RUNNER_FIELDS = ("kind", "init", "hands_off", "pairs")
-
-
-def prepare_data(cfg, workdir: str) -> tuple[str, str]:
-  """(tokenizer_dir, dataset_dir): the synthetic world built into the workdir, or given paths."""
-  if cfg.data.synthetic:
-    world = from_config(WorldConfig, cfg.data.world, "data.world")
-    root = os.path.join(workdir, "world")
-    marker = os.path.join(root, "dataset_dir.txt")
-    if jax.process_index() == 0 and not os.path.exists(marker):
-      paths = build_world(root, seed=cfg.data.world_seed,
-                          split_sizes=dict(cfg.data.split_sizes), world=world)
-      write_text_atomic(marker, paths.dataset_dir)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("veripo_world_built")
-    with open(marker, encoding="utf-8") as f:
-      return os.path.join(root, "tokenizer"), f.read().strip()
-  if not cfg.data.dataset_dir or not cfg.data.tokenizer_dir:
-    raise app.UsageError("config.data: set synthetic=True or both dataset_dir and tokenizer_dir")
-  return cfg.data.tokenizer_dir, cfg.data.dataset_dir
-
-
-def policy_config(cfg, path: str, tokenizer) -> Qwen25VLConfig:
-  """The policy's architecture: a checkpoint's config.json, or the preset fitted to the tokenizer."""
-  if path:
-    return from_hf_config(path)
-  base = get_preset(cfg.model.preset)
-  base = dataclasses.replace(
-      base, text=from_config(type(base.text), {**dataclasses.asdict(base.text), **cfg.model.text},
-                             "config.model.text"),
-      vision=from_config(type(base.vision), {**dataclasses.asdict(base.vision),
-                                             **cfg.model.vision}, "config.model.vision"))
-  return dataclasses.replace(base, **model_config_overrides(tokenizer, base))
-
-
-def load_policy(cfg, path: str, config: Qwen25VLConfig, mesh) -> Qwen25VL:
-  """A Hugging Face checkpoint directory, or (no path) a freshly initialised model."""
-  dtype, param_dtype = jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
-  if path:
-    return load_hf_checkpoint(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
-                              rope_mode=cfg.model.rope_mode)
-  model = Qwen25VL(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(cfg.seed),
-                   rope_mode=cfg.model.rope_mode)
-  return shard_model(model, mesh)
-
-
-def make_stage(ctx: RunContext, cfg, name: str) -> Stage:
-  section = cfg.stages[name]
-  kind = section.kind
-  if kind not in STAGE_KINDS:
-    raise app.UsageError(f"config.stages.{name}.kind: unknown {kind!r}; known "
-                         f"{sorted(STAGE_KINDS)}")
-  config_cls, stage_cls = STAGE_KINDS[kind]
-  fields = {k: v for k, v in section.items() if k not in _RUNNER_FIELDS}
-  stage_cfg = from_config(config_cls, fields, f"config.stages.{name}")
-  if kind != "dpo":
-    return stage_cls(ctx, name, stage_cfg)
-  pairs = section.get("pairs", "")
-  if pairs in cfg.stages:
-    pairs = os.path.join(ctx.stage_dir(pairs), PAIRS_FILE)
-  if not pairs or not os.path.exists(pairs):
-    raise app.UsageError(f"config.stages.{name}.pairs: {pairs!r} is neither a finished "
-                         "verifier stage nor a pairs file")
-  return stage_cls(ctx, name, stage_cfg, read_pairs(pairs))
-
-
-def stage_init(cfg, name: str, current: str, ctx: RunContext) -> str:
-  """The checkpoint a stage's model loads ("" = fresh weights)."""
-  init = cfg.stages[name].get("init", "")
-  if not init:
-    return current
-  if init == "fresh":
-    return ""
-  if init in cfg.stages:
-    return os.path.join(ctx.stage_dir(init), "policy")
-  return init
-
-
-def run(cfg, workdir: str, guard: PreemptionGuard | None = None) -> dict[str, dict]:
-  """Runs (or resumes) every stage; returns their summaries by name.
-
-  `guard` decides when to stop early (default: on SIGTERM); the stopped stage saves first.
-  """
-  os.makedirs(workdir, exist_ok=True)
-  tokenizer_dir, dataset_dir = prepare_data(cfg, workdir)
-  tokenizer = load_tokenizer(tokenizer_dir)
-  mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-  policy_path = cfg.model.checkpoint
-  summaries: dict[str, dict] = {}
-  with MetricsWriter(workdir) as writer, guard or PreemptionGuard() as guard:
-    ctx = RunContext(workdir=workdir, mesh=mesh,
-                     model_config=policy_config(cfg, policy_path, tokenizer),
-                     tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, dataset_dir=dataset_dir,
-                     writer=writer, guard=guard, rope_mode=cfg.model.rope_mode, seed=cfg.seed)
-    for name in cfg.stage_order:
-      stage = make_stage(ctx, cfg, name)
-      if stage.is_done():
-        summaries[name] = stage.summary()
-      elif not stage.uses_policy:
-        summaries[name] = stage.run(None)
-      else:
-        init = stage_init(cfg, name, policy_path, ctx)
-        logging.info("stage %s (%s): starting from %s", name, stage.kind,
-                     init or "a fresh model")
-        summaries[name] = stage.run(load_policy(cfg, init, ctx.model_config, mesh))
-      if cfg.stages[name].get("hands_off", stage.hands_off):
-        policy_path = stage.policy_dir
-    if jax.process_index() == 0:
-      logging.info("report: %s", write_report(workdir, cfg.stage_order))
-  return summaries
+__all__ = ["main", "run"]      # `run(cfg, workdir)` is the loop (veripo_jax.rl.loop), re-exported
 
 
 def main(argv):
@@ -176,6 +36,8 @@ def main(argv):
     multihost.initialize()
   try:
     summaries = run(cfg, _WORKDIR.value)
+  except ConfigError as e:
+    raise app.UsageError(str(e)) from e
   except Preempted as e:
     logging.warning("%s; re-run with the same --workdir to resume", e)
     sys.exit(0)

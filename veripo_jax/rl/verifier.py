@@ -17,8 +17,9 @@ Checks per rollout i, on r_i (think text) and a_i (answer text):
   truncated     the sampler's flag: the length limit was hit without EOS, so no finished
                 `</answer>` (a response that stopped without `</answer>` fails the format check).
   repetition    `repetition_ratio` on r_i's words (see there).
-  consistency   the judge's Yes/No; anything else falls back to `rule_consistent`. Only
-                rollouts with a non-empty think and answer are judged.
+  consistency   the judge's Yes/No; anything else falls back to `rule_consistent`, and a
+                reasoning that states no answer is inconsistent (`undecided_is_inconsistent`).
+                Only rollouts with a non-empty think and answer are judged.
 A rollout is good if well-formed, correct, consistent, not repetitive and not truncated.
 
 Pairs per prompt (chosen is always the preferred good rollout: the longest reasoning within
@@ -72,6 +73,10 @@ class VerifierConfig:
   correct_threshold: float = 0.5
   reflection_phrase: str = "Wait, let me check this again."
   max_pairs_per_prompt: int = 2
+  # When the rule decides (fallback) and the reasoning states no answer at all, it does not
+  # "conclude with exactly this final answer" (the judge's question): inconsistent. False leaves
+  # such rollouts undecided (neither good nor a consistency rejection).
+  undecided_is_inconsistent: bool = True
   families: tuple[str, ...] = FAMILIES   # enabled families, in priority order
   seed: int = 0
 
@@ -260,16 +265,12 @@ def rule_consistent(reasoning: str, answer: str,
 
 
 def rule_inconsistency_rate(texts: Sequence[str]) -> float:
-  """Share of responses the rule finds inconsistent, among those with a think and an answer on
-  which it decides (NaN if none): the judge-free inconsistency measure of GRPO rounds and
-  evaluations."""
-  verdicts = []
-  for text in texts:
-    p = parse_response(text)
-    if p.think and p.answer:
-      verdicts.append(rule_consistent(p.think, p.answer))
-  decided = [v for v in verdicts if v is not None]
-  return _rate(sum(not v for v in decided), len(decided))
+  """Share of the responses with a think and an answer whose reasoning does not conclude with
+  the answer by the rule, a reasoning that states no answer included (NaN if none): the
+  judge-free inconsistency measure of GRPO rounds and evaluations."""
+  verdicts = [rule_consistent(p.think, p.answer)
+              for p in map(parse_response, texts) if p.think and p.answer]
+  return _rate(sum(v is not True for v in verdicts), len(verdicts))
 
 
 # --- judges ------------------------------------------------------------------------------------
@@ -521,6 +522,8 @@ def verify(records: Sequence[Mapping[str, Any]], judge: Judge, cfg: VerifierConf
     rule = rule_consistent(p.think, p.answer, record.get("options")) if is_judged else None
     fallback = is_judged and verdict == UNKNOWN
     consistent = rule if fallback else (None if verdict == UNKNOWN else verdict == CONSISTENT)
+    if fallback and rule is None and cfg.undecided_is_inconsistent:
+      consistent = False
     repetition = reasoning_repetition(reasoning, cfg)
     correct = accuracy >= cfg.correct_threshold
     repetitive = repetition > cfg.repetition_threshold
@@ -561,7 +564,7 @@ def _metrics(checks: list[RolloutCheck], groups: Mapping[str, list[_Member]], pa
                                            for g in groups.values()),
       "verifier/judged": len(judged),
       "verifier/fallbacks": sum(c.fallback for c in checks),
-      "verifier/undecided": sum(c.consistent is None for c in judged),
+      "verifier/undecided": sum(c.fallback and c.rule_consistent is None for c in judged),
       "verifier/inconsistency_rate": _rate(sum(c.consistent is False for c in judged),
                                            len(judged)),
       "verifier/judge_agreement": _rate(sum((c.verdict == CONSISTENT) == c.rule_consistent
