@@ -48,7 +48,8 @@ class LoaderConfig:
   prefetch: int = 8                     # examples decoded ahead per reader
 
 
-def _text(value) -> str:
+def as_text(value) -> str:
+  """A stored string field (TFDS gives bytes) as text."""
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
@@ -75,10 +76,10 @@ class ExampleProcessor(grain.transforms.Map):
     return self._encoder
 
   def map(self, stored: Mapping[str, Any]) -> dict:
-    record = {k: _text(stored[k]) for k in ("id", "data_type", "problem_type", "problem",
+    record = {k: as_text(stored[k]) for k in ("id", "data_type", "problem_type", "problem",
                                              "answer", "reasoning", "task")}
     record["source_index"] = int(stored.get("source_index", -1))
-    record["options"] = [_text(o) for o in stored["options"]]
+    record["options"] = [as_text(o) for o in stored["options"]]
     try:
       return self._process(record, stored["media"])
     except BadExampleError as e:

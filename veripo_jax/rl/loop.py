@@ -33,7 +33,8 @@ from veripo_jax.rl.grpo import GRPOConfig, GRPOStage
 from veripo_jax.rl.pairs import read_pairs
 from veripo_jax.rl.sft import SFTConfig, SFTStage
 from veripo_jax.rl.stage import RunContext, Stage
-from veripo_jax.rl.verifier_stage import PAIRS_FILE, VerifierStage, VerifierStageConfig
+from veripo_jax.rl.verifier import PAIRS_FILE
+from veripo_jax.rl.verifier_stage import VerifierStage, VerifierStageConfig
 from veripo_jax.train.metrics import MetricsWriter
 from veripo_jax.train.preemption import PreemptionGuard
 from veripo_jax.train.report import write_report
@@ -103,7 +104,7 @@ def make_stage(ctx: RunContext, cfg, name: str) -> Stage:
   kind = section.kind
   if kind not in STAGE_KINDS:
     raise ConfigError(f"config.stages.{name}.kind: unknown {kind!r}; known "
-                         f"{sorted(STAGE_KINDS)}")
+                      f"{sorted(STAGE_KINDS)}")
   config_cls, stage_cls = STAGE_KINDS[kind]
   fields = {k: v for k, v in section.items() if k not in RUNNER_FIELDS}
   stage_cfg = from_config(config_cls, fields, f"config.stages.{name}")
@@ -114,7 +115,7 @@ def make_stage(ctx: RunContext, cfg, name: str) -> Stage:
     pairs = os.path.join(ctx.stage_dir(pairs), PAIRS_FILE)
   if not pairs or not os.path.exists(pairs):
     raise ConfigError(f"config.stages.{name}.pairs: {pairs!r} is neither a finished "
-                         "verifier stage nor a pairs file")
+                      "verifier stage nor a pairs file")
   return stage_cls(ctx, name, stage_cfg, read_pairs(pairs))
 
 
@@ -126,7 +127,7 @@ def stage_init(cfg, name: str, current: str, ctx: RunContext) -> str:
   if init == "fresh":
     return ""
   if init in cfg.stages:
-    return os.path.join(ctx.stage_dir(init), "policy")
+    return ctx.policy_dir(init)
   return init
 
 

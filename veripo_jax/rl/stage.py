@@ -79,6 +79,10 @@ class RunContext:
   def stage_dir(self, name: str) -> str:
     return os.path.join(self.workdir, "stages", name)
 
+  def policy_dir(self, name: str) -> str:
+    """Where stage `name` exports its policy (a Hugging Face checkpoint)."""
+    return os.path.join(self.stage_dir(name), "policy")
+
   def data_dir(self, data: DataConfig) -> str:
     """The dataset directory a stage's `data` reads: its own, else the run's."""
     return data.dataset_dir or self.dataset_dir
@@ -137,7 +141,7 @@ class Stage:
 
   @property
   def policy_dir(self) -> str:
-    return os.path.join(self.dir, "policy")
+    return self.ctx.policy_dir(self.name)
 
   def is_done(self) -> bool:
     return os.path.exists(self.done_path)

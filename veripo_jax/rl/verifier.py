@@ -54,8 +54,10 @@ from veripo_jax.fileio import write_json_atomic, write_jsonl_atomic
 from veripo_jax.rl.pairs import Pair, write_pairs
 from veripo_jax.rl.rewards import (NUMBER_RE, THOUSANDS_RE, unwrap_answer, accuracy_reward,
                                    parse_response)
+from veripo_jax.train.metrics import null_nonfinite
 
 FAMILIES = ("consistency", "penalty", "accuracy", "reflection")
+PAIRS_FILE = "pairs.jsonl"
 CONSISTENT, INCONSISTENT, UNKNOWN = "consistent", "inconsistent", "unknown"
 
 Encode = Callable[[str], Sequence[int]]
@@ -582,9 +584,8 @@ def _metrics(checks: list[RolloutCheck], groups: Mapping[str, list[_Member]], pa
 def write_verifier_outputs(directory: str, result: VerifierResult) -> None:
   """pairs.jsonl, checks.jsonl, then metrics.json (last: its presence marks a complete run),
   each written atomically."""
-  write_pairs(os.path.join(directory, "pairs.jsonl"), result.pairs)
+  write_pairs(os.path.join(directory, PAIRS_FILE), result.pairs)
   write_jsonl_atomic(os.path.join(directory, "checks.jsonl"),
                      [dataclasses.asdict(c) for c in result.checks])
   write_json_atomic(os.path.join(directory, "metrics.json"),
-                    {k: None if isinstance(v, float) and not math.isfinite(v) else v
-                     for k, v in result.metrics.items()})
+                    null_nonfinite(result.metrics))

@@ -16,28 +16,30 @@ choices: the same outputs).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
 from veripo_jax.data.datasets import data_source
+from veripo_jax.data.loader import as_text
 from veripo_jax.data.synthetic.judge import YES
 from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.fileio import write_json_atomic
 from veripo_jax.rl.rollout import rollout_files
 from veripo_jax.rl.stage import RunContext, Stage
-from veripo_jax.rl.verifier import (CONSISTENT, UNKNOWN, Judge, PromptJudge, RuleJudge,
-                                    VerifierConfig, parse_verdict, verify,
+from veripo_jax.rl.verifier import (CONSISTENT, PAIRS_FILE, UNKNOWN, Judge, PromptJudge,
+                                    RuleJudge, VerifierConfig, parse_verdict, verify,
                                     write_verifier_outputs)
+from veripo_jax.train.metrics import null_nonfinite
 
 DISCARD_FILE = "discard.json"
-PAIRS_FILE = "pairs.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +140,9 @@ def read_discarded(ctx: RunContext, stage_names: Sequence[str]) -> list[int]:
 
 def heldout_agreement(judge: PromptJudge, records: Sequence[Mapping]) -> dict[str, float]:
   """The judge's agreement with labelled examples; an unparseable reply counts as wrong."""
-  text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
-  replies = judge.ask([text(r["problem"]) for r in records])
+  replies = judge.ask([as_text(r["problem"]) for r in records])
   verdicts = [parse_verdict(reply) for reply in replies]
-  right = [(v == CONSISTENT) == (text(r["answer"]) == YES) and v != UNKNOWN
+  right = [(v == CONSISTENT) == (as_text(r["answer"]) == YES) and v != UNKNOWN
            for v, r in zip(verdicts, records)]
   return {"judge/heldout_agreement": float(np.mean(right)) if right else float("nan"),
           "judge/heldout_count": len(right),
@@ -207,51 +208,41 @@ class VerifierStage(Stage):
     ctx.writer.write(self.name, 0, metrics)
     logging.info("%s: %d rollouts, %d pairs %s, inconsistency %.3f, fallbacks %d",
                  self.name, len(result.checks), len(result.pairs),
-                 {k[15:]: v for k, v in metrics.items() if k.startswith("verifier/pairs_")},
+                 {k.removeprefix("verifier/pairs_"): v for k, v in metrics.items()
+                  if k.startswith("verifier/pairs_")},
                  metrics["verifier/inconsistency_rate"], metrics["verifier/fallbacks"])
-    return {k: None if isinstance(v, float) and not np.isfinite(v) else v
-            for k, v in metrics.items()}
+    return null_nonfinite(metrics)
 
 
-class _judge:
-  """Context manager yielding (judge, served): serves the judge checkpoint for the stage's
-  duration, or connects to a running server, or (neither) the rules alone."""
-
-  def __init__(self, ctx: RunContext, cfg: VerifierStageConfig):
-    self.ctx, self.cfg = ctx, cfg
-    self.server = self.client = None
-
-  def __enter__(self) -> tuple[Judge, bool]:
-    j, v = self.cfg.judge, self.cfg.verifier
-    checkpoint = (os.path.join(self.ctx.stage_dir(j.from_stage), "policy") if j.from_stage
-                  else j.checkpoint)
-    if not (checkpoint or j.address):
-      return RuleJudge(), False
-    # Imported here: JetStream pulls in TensorFlow (seconds), needed only with a judge model.
-    from veripo_jax.serving.client import JudgeClient
-    from veripo_jax.serving.server import start_server
+@contextlib.contextmanager
+def _judge(ctx: RunContext, cfg: VerifierStageConfig) -> Iterator[tuple[Judge, bool]]:
+  """(judge, served): the judge checkpoint served for the stage's duration, or a running server,
+  or (neither) the rules alone. The server stops however the stage ends."""
+  j, v = cfg.judge, cfg.verifier
+  checkpoint = ctx.policy_dir(j.from_stage) if j.from_stage else j.checkpoint
+  if not (checkpoint or j.address):
+    yield RuleJudge(), False
+    return
+  # Imported here: JetStream pulls in TensorFlow (seconds), needed only with a judge model.
+  from veripo_jax.serving.client import JudgeClient
+  from veripo_jax.serving.server import start_server
+  with contextlib.ExitStack() as stack:
     address = j.address
     if checkpoint:
-      self.server = start_server(
+      server = stack.enter_context(start_server(
           checkpoint, dtype=jax.numpy.dtype(j.dtype),
           max_concurrent_decodes=j.max_concurrent_decodes,
-          max_prefill_length=j.max_prefill_length, max_decode_length=j.max_decode_length)
-      address = self.server.address
-    self.client = JudgeClient(address, timeout_s=j.timeout_s, retries=j.retries,
-                              max_workers=j.max_workers)
-    return PromptJudge(self.client, self._tokenizer(checkpoint), v.judge_prompt,
-                       v.judge_max_tokens), True
+          max_prefill_length=j.max_prefill_length, max_decode_length=j.max_decode_length))
+      address = server.address
+    client = stack.enter_context(JudgeClient(address, timeout_s=j.timeout_s,
+                                             retries=j.retries, max_workers=j.max_workers))
+    yield PromptJudge(client, _judge_tokenizer(ctx, j, checkpoint), v.judge_prompt,
+                      v.judge_max_tokens), True
 
-  def _tokenizer(self, checkpoint: str):
-    j = self.cfg.judge
-    if j.tokenizer_dir:
-      return load_tokenizer(j.tokenizer_dir)
-    if checkpoint and os.path.exists(os.path.join(checkpoint, "tokenizer_config.json")):
-      return load_tokenizer(checkpoint)
-    return self.ctx.tokenizer
 
-  def __exit__(self, *exc) -> None:
-    if self.client is not None:
-      self.client.close()
-    if self.server is not None:
-      self.server.stop()
+def _judge_tokenizer(ctx: RunContext, j: JudgeConfig, checkpoint: str):
+  if j.tokenizer_dir:
+    return load_tokenizer(j.tokenizer_dir)
+  if checkpoint and os.path.exists(os.path.join(checkpoint, "tokenizer_config.json")):
+    return load_tokenizer(checkpoint)
+  return ctx.tokenizer

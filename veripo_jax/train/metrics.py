@@ -57,8 +57,7 @@ class MetricsWriter:
         raise ValueError(f"metric name {name!r} is reserved (record fields: {_RESERVED})")
       values[str(name)] = _scalar(name, value)
     record = {"stage": stage, "step": int(step), "time": now}
-    record.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                   for k, v in values.items()})
+    record.update(null_nonfinite(values))
     f = self._open()
     f.write(json.dumps(record, allow_nan=False) + "\n")
     f.flush()
@@ -137,6 +136,12 @@ class MetricsWriter:
                                       purge_step=self._purge_step.pop(stage, None),
                                       filename_suffix=f".{time.time_ns()}")
     return self._tb[stage]
+
+
+def null_nonfinite(values: Mapping[str, Any]) -> dict[str, Any]:
+  """The values with NaN and infinities as None, so they are valid JSON (null)."""
+  return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+          for k, v in values.items()}
 
 
 def read_metrics(workdir_or_path: str | os.PathLike, stage: str | None = None) -> list[dict]:

@@ -7,9 +7,10 @@ nothing about correctness: the judge must compare the reasoning's conclusion wit
 is the verifier's consistency check (reference/veripo_method.md §4).
 
 The gold reply thinks briefly before the verdict (`<think>The reasoning concludes B. The final
-answer is C.</think>No`): copying the two values next to each other turns a comparison across
-the prompt into one between adjacent tokens, which a two-layer model learns in minutes. The
-verifier reads the word after the think block (`rl.verifier.parse_verdict`).
+answer is C.</think>No`): it quotes the two values side by side before comparing them. The
+verifier reads the word after the think block (`rl.verifier.parse_verdict`). A two-layer model
+learns the quoting within minutes but, so far, not the comparison (the verdict stays near
+chance), so the embedded default measures the judge and falls back to the rules.
 """
 
 from __future__ import annotations
