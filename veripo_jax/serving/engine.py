@@ -145,29 +145,29 @@ class QwenEngine(_js.engine_api.Engine):
   def _sharding(self, axes, shape, rules) -> NamedSharding:
     return NamedSharding(self._mesh, logical_to_spec(axes, rules, shape, self._mesh))
 
-  def _kv_shape(self, batch: int, length: int) -> tuple[int, ...]:
-    t = self.config.text
-    return (batch, length, t.num_key_value_heads, t.head_dim)
-
   def _prefix_sharding_tree(self, rules) -> Prefix:
     """Prefix lengths vary by bucket, so only the head axes are split."""
     t, replicated = self.config.text, NamedSharding(self._mesh, P())
-    kv = self._sharding((None, None, "kv_heads", "head_dim"), self._kv_shape(1, 1), rules)
+    unsplit = lambda axes: tuple(None if a in ("batch", "cache_length") else a for a in axes)
+    key_shape, value_shape = KVCache.shapes(t, 1, 1)
+    keys = self._sharding(unsplit(KVCache.KEY_AXES), key_shape, rules)
+    values = self._sharding(unsplit(KVCache.VALUE_AXES), value_shape, rules)
     layers = t.num_hidden_layers
     return Prefix(logits=self._sharding((None, "vocab"), (1, t.vocab_size), rules),
-                  cache=KVCache(keys=(kv,) * layers, values=(kv,) * layers, valid=replicated,
-                                index=replicated),
+                  cache=KVCache(keys=(keys,) * layers, values=(values,) * layers,
+                                valid=replicated, index=replicated),
                   position=replicated)
 
   def _state_sharding_tree(self, rules) -> DecodeState:
     t, n, s = self.config.text, self._slots, self._cache_length
-    kv = self._sharding(("batch", "cache_length", "kv_heads", "head_dim"), self._kv_shape(n, s),
-                        rules)
+    key_shape, value_shape = KVCache.shapes(t, n, s)
+    keys = self._sharding(KVCache.KEY_AXES, key_shape, rules)
+    values = self._sharding(KVCache.VALUE_AXES, value_shape, rules)
     per_slot = self._sharding(("batch",), (n,), rules)
     layers = t.num_hidden_layers
     return DecodeState(
         logits=self._sharding(("batch", "vocab"), (n, t.vocab_size), rules),
-        cache=KVCache(keys=(kv,) * layers, values=(kv,) * layers,
+        cache=KVCache(keys=(keys,) * layers, values=(values,) * layers,
                       valid=self._sharding(("batch", "cache_length"), (n, s), rules),
                       index=per_slot),
         positions=per_slot, lengths=per_slot, rng=NamedSharding(self._mesh, P()))

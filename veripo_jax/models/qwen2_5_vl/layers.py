@@ -84,3 +84,20 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   a fully masked query row yields a finite (uniform) result, never NaN.
   """
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Attention of q (B, L, heads, hd) over a decode cache: k (B, kv_heads, hd, S), v (B, kv_heads, S, hd).
+
+  Same numerics as `attention` (GQA, fp32 scores and softmax, a fully masked row finite);
+  `mask` broadcasts to (B, 1, L, S).
+  """
+  b, l, h, d = q.shape
+  kv = k.shape[1]
+  qg = q.reshape(b, l, kv, h // kv, d).transpose(0, 2, 3, 1, 4)            # (B, kv, g, L, hd)
+  scores = jnp.einsum("bkgld,bkds->bkgls", qg, k, preferred_element_type=jnp.float32)
+  scores = scores * (1.0 / d ** 0.5)
+  scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgls,bksd->bkgld", probs, v)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, l, h, d)
