@@ -53,8 +53,9 @@ def get_config():
       optimizer=dict(learning_rate=3e-3, warmup_ratio=0.05, weight_decay=0.0),
       frozen=(), save_every_steps=40))
   # The judge: same tiny architecture, fresh weights, text only; its policy is not handed on.
+  # 300 steps: it agreed with 99% of 200 held-out labels (150 steps: 57%, 600: 100%).
   c.stages.judge = ml_collections.ConfigDict(dict(
-      kind="sft", init="fresh", hands_off=False, steps=150, micro_batch=32,
+      kind="sft", init="fresh", hands_off=False, steps=300, micro_batch=32,
       data=_data("judge_train", 32, template="judge"),
       optimizer=dict(learning_rate=3e-3, warmup_ratio=0.03, weight_decay=0.0,
                      schedule="constant"),
@@ -70,7 +71,7 @@ def get_config():
       kind="verifier", rollouts_from="grpo", last_rounds=0,
       judge=dict(from_stage="judge", max_concurrent_decodes=16, max_prefill_length=512,
                  max_decode_length=32, max_workers=16),
-      verifier=dict(judge_max_tokens=24, max_reasoning_tokens=128, max_pairs_per_prompt=2),
+      verifier=dict(judge_max_tokens=28, max_reasoning_tokens=128, max_pairs_per_prompt=2),
       heldout_split="judge_heldout", min_heldout_agreement=0.9, discard_fraction=0.8,
       discard_seed=0))
   c.stages.dpo = ml_collections.ConfigDict(dict(

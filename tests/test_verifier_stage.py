@@ -43,13 +43,14 @@ def test_judge_examples_are_balanced_and_labelled_by_consistency():
   for r, label in zip(records, labels):
     reasoning, answer = _PARTS.search(r["problem"]).groups()
     assert rule_consistent(reasoning, answer) == label        # an independent reading agrees
-    stated, told = re.fullmatch(r"The reasoning concludes (\S+)\. The final answer is (\S+)\.",
-                                r["reasoning"]).groups()
-    assert told == answer and (stated == answer) == label
+    stated, told, mark = re.fullmatch(
+        r"The reasoning concludes (\S+) Yes\. The final answer is (\S+) (Yes|No)\.",
+        r["reasoning"]).groups()
+    assert told == answer and (stated == answer) == label and mark == r["answer"]
   assert make_judge_example(WORLD, 0, "judge_train", 7) == records[7]
   # The label is about consistency, not correctness: both labels occur with right and wrong
   # conclusions.
-  right = np.array([r["reasoning"].split()[3].rstrip(".") == make_example(
+  right = np.array([r["reasoning"].split()[3] == make_example(
       WORLD, 0, "judge_train/question", i)[0]["answer"] for i, r in enumerate(records)])
   assert all(np.any(right == a) for a in (True, False))
   assert {(bool(a), bool(b)) for a, b in zip(right, labels)} == {

@@ -6,11 +6,15 @@ to another candidate answer, and pairs it with an answer tag that either equals 
 nothing about correctness: the judge must compare the reasoning's conclusion with the tag, which
 is the verifier's consistency check (reference/veripo_method.md §4).
 
-The gold reply thinks briefly before the verdict (`<think>The reasoning concludes B. The final
-answer is C.</think>No`): it quotes the two values side by side before comparing them. The
-verifier reads the word after the think block (`rl.verifier.parse_verdict`). A two-layer model
-learns the quoting within minutes but, so far, not the comparison (the verdict stays near
-chance), so the embedded default measures the judge and falls back to the rules.
+The gold reply thinks briefly before the verdict, as a lookup:
+`<think>The reasoning concludes B Yes. The final answer is C No.</think>No`. It marks the
+reasoning's conclusion Yes, then writes the final answer followed by its mark: Yes when the
+same value was marked before, otherwise No; the verdict after the think block repeats that
+mark, and it is what the verifier reads (`rl.verifier.parse_verdict`). The lookup is what an
+induction head computes (find the earlier copy of this token, copy the token after it), a
+circuit two-layer transformers learn quickly. Quoting the two values side by side and
+answering directly left the tiny judge at chance after 600 steps: equality of two
+tokens is not a copy.
 """
 
 from __future__ import annotations
@@ -69,5 +73,6 @@ def make_judge_example(world: WorldConfig, seed: int, split: str, index: int,
               media_path="", problem_type="free-form",
               problem=render_judge_prompt(prompt, reasoning, answer), options=[],
               answer=YES if consistent else NO, task="judge",
-              reasoning=f"The reasoning concludes {stated}. The final answer is {answer}.")
+              reasoning=f"The reasoning concludes {stated} {YES}. The final answer is {answer} "
+                        f"{YES if consistent else NO}.")
 
