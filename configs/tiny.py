@@ -53,9 +53,10 @@ def get_config():
       optimizer=dict(learning_rate=3e-3, warmup_ratio=0.05, weight_decay=0.0),
       frozen=(), save_every_steps=40))
   # The judge: same tiny architecture, fresh weights, text only; its policy is not handed on.
-  # 300 steps: it agreed with 99% of 200 held-out labels (150 steps: 57%, 600: 100%).
+  # Its lookup circuit forms around step 300: 450 steps agreed with 98.5% of the 200 held-out
+  # labels (300 steps: 80%).
   c.stages.judge = ml_collections.ConfigDict(dict(
-      kind="sft", init="fresh", hands_off=False, steps=300, micro_batch=32,
+      kind="sft", init="fresh", hands_off=False, steps=450, micro_batch=32,
       data=_data("judge_train", 32, template="judge"),
       optimizer=dict(learning_rate=3e-3, warmup_ratio=0.03, weight_decay=0.0,
                      schedule="constant"),

@@ -36,25 +36,33 @@ _PARTS = re.compile(r"Reasoning:\n(.*)\nFinal answer: (.*)\nDoes", re.S)
 
 # --- judge training data ---------------------------------------------------------------------
 
-def test_judge_examples_are_balanced_and_labelled_by_consistency():
-  records = [make_judge_example(WORLD, 0, "judge_train", i) for i in range(300)]
+def test_judge_examples_are_labelled_by_consistency():
+  records = [make_judge_example(WORLD, 0, "judge_train", i) for i in range(400)]
   labels = np.array([r["answer"] == "Yes" for r in records])
-  assert 0.4 < labels.mean() < 0.6
+  assert 0.3 < labels.mean() < 0.5                 # half of the 80% that conclude something
+  concluding = []
   for r, label in zip(records, labels):
     reasoning, answer = _PARTS.search(r["problem"]).groups()
-    assert rule_consistent(reasoning, answer) == label        # an independent reading agrees
+    rule = rule_consistent(reasoning, answer)
+    assert (rule is True) == label                  # an independent reading agrees
     stated, told, mark = re.fullmatch(
-        r"The reasoning concludes (\S+) Yes\. The final answer is (\S+) (Yes|No)\.",
+        r"The reasoning concludes (?:(\S+) Yes|nothing)\. The final answer is (\S+) (Yes|No)\.",
         r["reasoning"]).groups()
-    assert told == answer and (stated == answer) == label and mark == r["answer"]
+    assert told == answer and mark == r["answer"]
+    assert (stated is None) == (rule is None)       # "nothing" exactly when the rule finds none
+    if stated is not None:
+      assert (stated == answer) == label
+    concluding.append(stated is not None)
+  assert 0.7 < np.mean(concluding) < 0.9
   assert make_judge_example(WORLD, 0, "judge_train", 7) == records[7]
+  assert all(make_judge_example(WORLD, 0, "judge_train", i, no_conclusion_share=0.0)["reasoning"]
+             .split()[3] != "nothing." for i in range(50))
   # The label is about consistency, not correctness: both labels occur with right and wrong
   # conclusions.
   right = np.array([r["reasoning"].split()[3] == make_example(
       WORLD, 0, "judge_train/question", i)[0]["answer"] for i, r in enumerate(records)])
-  assert all(np.any(right == a) for a in (True, False))
-  assert {(bool(a), bool(b)) for a, b in zip(right, labels)} == {
-      (True, True), (True, False), (False, True), (False, False)}
+  pairs = {(bool(a), bool(b)) for a, b, c in zip(right, labels, concluding) if c}
+  assert pairs == {(True, True), (True, False), (False, True), (False, False)}
 
 
 def test_restate_replaces_only_the_conclusion():
