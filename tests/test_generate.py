@@ -7,6 +7,7 @@ import torch
 
 from hf_reference import VIDEO, hf_inputs, left_pad, random_video, span
 from veripo_jax.inference import SamplingParams, filter_logits, generate
+from veripo_jax.models.qwen2_5_vl.layers import cached_attention
 
 
 def video_prompts():
@@ -113,3 +114,23 @@ def test_bad_sampling_params():
     SamplingParams(temperature=1.0, top_p=0.0)
   with pytest.raises(ValueError, match="temperature"):
     SamplingParams(temperature=-1.0)
+
+
+def test_cached_attention_against_numpy():
+  """GQA attention over the transposed-key cache layout, with masked slots and a fully masked
+  row (finite: uniform over the cache)."""
+  rng = np.random.RandomState(0)
+  b, l, h, kv, d, s = 2, 3, 4, 2, 8, 5
+  q, k, v = rng.randn(b, l, h, d), rng.randn(b, kv, s, d), rng.randn(b, kv, s, d)
+  mask = rng.rand(b, 1, l, s) < 0.7
+  mask[1, 0, 2] = False
+  out = np.asarray(cached_attention(*(np.float32(x) for x in (q, k.transpose(0, 1, 3, 2), v)),
+                                    mask))
+  for bi in range(b):
+    for li in range(l):
+      for hi in range(h):
+        kh = hi // (h // kv)
+        scores = k[bi, kh] @ q[bi, li, hi] / np.sqrt(d)
+        keep = mask[bi, 0, li]
+        w = np.exp(scores - scores[keep].max()) * keep if keep.any() else np.ones(s)
+        np.testing.assert_allclose(out[bi, li, hi], (w / w.sum()) @ v[bi, kh], atol=1e-5)
