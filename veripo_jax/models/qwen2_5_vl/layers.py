@@ -87,7 +87,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
 
 
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-  """Attention of q (B, L, heads, hd) over a decode cache: k (B, kv_heads, hd, S), v (B, kv_heads, S, hd).
+  """Attention of q (B, L, heads, hd) over a decode cache: k (B, kv_heads, hd, S) and
+  v (B, kv_heads, S, hd).
 
   Same numerics as `attention` (GQA, fp32 scores and softmax, a fully masked row finite);
   `mask` broadcasts to (B, 1, L, S).
