@@ -76,6 +76,17 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy(tiny_model, greedy):
   np.testing.assert_array_equal(np.asarray(k1.tokens), np.asarray(greedy.tokens)[:, :12])
 
 
+def test_shorter_generation_is_a_prefix(tiny_model, greedy):
+  """The final token comes from the loop's last logits: lengths 1 and 5 agree with 20."""
+  for n in (1, 5):
+    out = generate(tiny_model, video_prompts(), n, eos_token_ids=(1,), pad_token_id=0)
+    assert out.tokens.shape == (2, n)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(greedy.tokens)[:, :n])
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(greedy.logprobs)[:, :n],
+                               atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(out.lengths), np.minimum(greedy.lengths, n))
+
+
 def test_per_row_eos_stop(tiny_model, greedy):
   first = np.asarray(greedy.tokens)[:, 2]            # make row 0's third token an EOS
   out = generate(tiny_model, video_prompts(), 20, eos_token_ids=(int(first[0]),),

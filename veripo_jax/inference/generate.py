@@ -79,16 +79,16 @@ def _prefill(graphdef, state, inputs: ModelInputs, *, num_samples, cache_length,
                    donate_argnames=("cache",))
 def _decode(graphdef, state, logits, positions, cache: KVCache, rng, *, max_new_tokens,
             params: SamplingParams, eos, pad, mesh, rules) -> tuple[GenerateOutput, KVCache]:
-  """Returns the final cache too, so the donated cache buffers are reused in place."""
+  """Returns the final cache too, so the donated cache buffers are reused in place.
+
+  The loop decodes `max_new_tokens - 1` steps: the last token is chosen from the logits the
+  loop leaves behind, so no step computes logits nobody reads.
+  """
   batch = logits.shape[0]
   eos_ids = jnp.asarray(eos, jnp.int32)
 
-  def cond(carry):
-    step, _, _, done, *_ = carry
-    return (step < max_new_tokens) & ~jnp.all(done)
-
-  def body(carry):
-    step, logits, positions, done, tokens, logprobs, lengths, rng, cache = carry
+  def emit(step, logits, done, tokens, logprobs, lengths, rng):
+    """Chooses and records the token of `step` for every row still running."""
     rng, key = jax.random.split(rng)
     token = next_token(logits, key, params)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
@@ -96,8 +96,16 @@ def _decode(graphdef, state, logits, positions, cache: KVCache, rng, *, max_new_
     tokens = tokens.at[:, step].set(token)
     logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, logp))
     lengths = lengths + (~done).astype(jnp.int32)
-    done = done | jnp.isin(token, eos_ids)
+    return token, done | jnp.isin(token, eos_ids), tokens, logprobs, lengths, rng
 
+  def cond(carry):
+    step, _, _, done, *_ = carry
+    return (step < max_new_tokens - 1) & ~jnp.all(done)
+
+  def body(carry):
+    step, logits, positions, done, tokens, logprobs, lengths, rng, cache = carry
+    token, done, tokens, logprobs, lengths, rng = emit(step, logits, done, tokens, logprobs,
+                                                       lengths, rng)
     with activation_sharding(mesh, rules):
       model = nnx.merge(graphdef, state)
       logits, cache = model.decode_step(token, positions, cache)
@@ -108,6 +116,9 @@ def _decode(graphdef, state, logits, positions, cache: KVCache, rng, *, max_new_
            jnp.full((batch, max_new_tokens), pad, jnp.int32),
            jnp.zeros((batch, max_new_tokens), jnp.float32), jnp.zeros((batch,), jnp.int32),
            rng, cache)
-  _, _, _, _, tokens, logprobs, lengths, _, cache = jax.lax.while_loop(cond, body, carry)
+  step, logits, _, done, tokens, logprobs, lengths, rng, cache = jax.lax.while_loop(
+      cond, body, carry)
+  # After an early stop every row is done and this writes nothing but padding.
+  _, _, tokens, logprobs, lengths, _ = emit(step, logits, done, tokens, logprobs, lengths, rng)
   return GenerateOutput(tokens=tokens, logprobs=logprobs, lengths=lengths), cache
 
