@@ -1,4 +1,5 @@
-"""Test setup: 8 simulated CPU devices, fp32 matmuls, parsed absl flags (Grain workers need them)."""
+"""Test setup: 8 simulated CPU devices, fp32 matmuls, parsed absl flags (Grain workers need them).
+"""
 
 import os
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -39,8 +40,7 @@ def write_in_memory_layout(src, dst, num_files=3):
     weight_map.update({k: name for k in part})
   with open(os.path.join(dst, "model.safetensors.index.json"), "w") as f:
     json.dump({"metadata": {}, "weight_map": weight_map}, f)
-  with open(os.path.join(src, "config.json")) as f, open(os.path.join(dst, "config.json"), "w") as g:
-    g.write(f.read())
+  shutil.copyfile(os.path.join(src, "config.json"), os.path.join(dst, "config.json"))
   return tensors
 
 
@@ -120,14 +120,16 @@ def test_error_unsupported_model_type(broken):
 
 def test_error_missing_tensor(broken):
   tensors, config, write = broken
-  path = write(tensors={k: v for k, v in tensors.items() if k != "model.layers.1.mlp.up_proj.weight"})
+  dropped = "model.layers.1.mlp.up_proj.weight"
+  path = write(tensors={k: v for k, v in tensors.items() if k != dropped})
   with pytest.raises(ValueError, match=r"missing tensors.*model\.layers\.1\.mlp\.up_proj\.weight"):
     load_hf_checkpoint(path)
 
 
 def test_error_unexpected_tensor(broken):
   tensors, config, write = broken
-  path = write(tensors={**tensors, "model.layers.9.mlp.up_proj.weight": np.zeros((2, 2), np.float32)})
+  extra = {"model.layers.9.mlp.up_proj.weight": np.zeros((2, 2), np.float32)}
+  path = write(tensors={**tensors, **extra})
   with pytest.raises(ValueError, match=r"model.safetensors: unexpected tensor 'model\.layers\.9"):
     load_hf_checkpoint(path)
 
@@ -136,7 +138,8 @@ def test_error_shape_mismatch(broken):
   tensors, config, write = broken
   bad = dict(tensors)
   bad["model.norm.weight"] = np.ones((65,), np.float32)
-  with pytest.raises(ValueError, match=r"model.safetensors: tensor 'model\.norm\.weight' has shape \(65,\)"):
+  with pytest.raises(ValueError,
+                     match=r"model.safetensors: tensor 'model\.norm\.weight' has shape \(65,\)"):
     load_hf_checkpoint(write(tensors=bad))
 
 

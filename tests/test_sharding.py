@@ -15,11 +15,13 @@ def test_rules_map_and_drop_non_divisible_axes():
   mesh = make_mesh(data=2, fsdp=2, tensor=2)
   assert logical_to_spec(("embed", "mlp"), DEFAULT_RULES) == P("fsdp", "tensor")
   # batch takes both data and fsdp; embed then cannot reuse fsdp.
-  assert logical_to_spec(("batch", "embed"), DEFAULT_RULES, (8, 4), mesh) == P(("data", "fsdp"), None)
+  spec = logical_to_spec(("batch", "embed"), DEFAULT_RULES, (8, 4), mesh)
+  assert spec == P(("data", "fsdp"), None)
   # 3420-wide MLP on tensor=8 is not divisible: replicated instead of failing.
   mesh8 = make_mesh(data=1, fsdp=1, tensor=8)
   assert logical_to_spec(("embed", "mlp"), DEFAULT_RULES, (1280, 3420), mesh8) == P("fsdp", None)
-  assert logical_to_spec(("embed", "mlp"), DEFAULT_RULES, (1280, 3424), mesh8) == P("fsdp", "tensor")
+  spec = logical_to_spec(("embed", "mlp"), DEFAULT_RULES, (1280, 3424), mesh8)
+  assert spec == P("fsdp", "tensor")
 
 
 def test_make_mesh_sizes():

@@ -108,7 +108,8 @@ def test_unknown_stage_field_is_an_error(world, tmp_path):
   cfg = small_run_config(world)
   with cfg.unlocked():
     cfg.stages.sft.learning_rate = 1.0                       # belongs in optimizer
-  with pytest.raises(ValueError, match=r"config.stages.sft: unknown field\(s\) \['learning_rate'\]"):
+  with pytest.raises(ValueError,
+                     match=r"config.stages.sft: unknown field\(s\) \['learning_rate'\]"):
     runner.run(cfg, str(tmp_path / "bad"))
 
 

@@ -27,7 +27,7 @@ _BATCH_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_g
 class GenerateOutput:
   """Rows are prompt-major: row b*G + g is sample g of prompt b."""
   tokens: jax.Array     # (B*G, max_new_tokens) int32; pad_token_id after the end
-  logprobs: jax.Array   # (B*G, max_new_tokens) fp32 log pi(token) under the unfiltered model; 0 after the end
+  logprobs: jax.Array   # (B*G, max_new_tokens) fp32 log pi(token), unfiltered model; 0 after end
   lengths: jax.Array    # (B*G,) int32 generated tokens, the EOS token included
 
 

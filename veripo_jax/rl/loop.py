@@ -76,7 +76,8 @@ def prepare_data(cfg, workdir: str) -> tuple[str, str]:
 
 
 def policy_config(cfg, path: str, tokenizer) -> Qwen25VLConfig:
-  """The policy's architecture: a checkpoint's config.json, or the preset fitted to the tokenizer."""
+  """The policy's architecture: a checkpoint's config.json, else the preset fitted to the tokenizer.
+  """
   if path:
     return from_hf_config(path)
   base = get_preset(cfg.model.preset)

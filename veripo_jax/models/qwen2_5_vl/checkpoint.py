@@ -126,7 +126,8 @@ class SafetensorsReader:
     begin, end = info["data_offsets"]
     out = np.empty(info["shape"], _DTYPES[info["dtype"]])
     if out.nbytes != end - begin:
-      raise ValueError(f"{self.path}: tensor {key!r} has {end - begin} bytes, expected {out.nbytes}")
+      raise ValueError(f"{self.path}: tensor {key!r} has {end - begin} bytes, expected "
+                       f"{out.nbytes}")
     with open(self.path, "rb") as f:
       f.seek(self.data_start + begin)
       if f.readinto(memoryview(out.reshape(-1)).cast("B")) != out.nbytes:

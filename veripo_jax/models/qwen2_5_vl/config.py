@@ -79,11 +79,13 @@ class Qwen25VLConfig:
   def __post_init__(self):
     t, v = self.text, self.vision
     if 2 * sum(t.mrope_section) != t.head_dim:
-      raise ValueError(f"mrope_section {t.mrope_section} must sum to head_dim/2 = {t.head_dim // 2}")
+      raise ValueError(f"mrope_section {t.mrope_section} must sum to head_dim/2 = "
+                       f"{t.head_dim // 2}")
     if t.num_attention_heads % t.num_key_value_heads:
       raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
     if v is not None and v.out_hidden_size != t.hidden_size:
-      raise ValueError(f"vision out_hidden_size {v.out_hidden_size} != text hidden_size {t.hidden_size}")
+      raise ValueError(f"vision out_hidden_size {v.out_hidden_size} != text hidden_size "
+                       f"{t.hidden_size}")
 
   def replace(self, **kw) -> "Qwen25VLConfig":
     return dataclasses.replace(self, **kw)

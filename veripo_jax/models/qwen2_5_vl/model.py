@@ -171,7 +171,7 @@ class Qwen25VL(nnx.Module):
     return constrain(x, ("batch", "length", "embed"))
 
   def rotary(self, position_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """M-RoPE cos/sin (B, L, head_dim): frequency j uses the T, H or W position per mrope_section."""
+    """M-RoPE cos/sin (B, L, head_dim): frequency j takes the T, H or W position (mrope_section)."""
     t = self.config.text
     inv = inverse_frequencies(t.head_dim, t.rope_theta)                     # (hd/2,)
     freqs = position_ids.astype(jnp.float32)[..., None] * inv                # (3, B, L, hd/2)

@@ -72,7 +72,8 @@ def get_rope_index(
       t, h, w = (int(x) for x in grids[kind][k])
       h2, w2 = h // m, w // m
       if n != t * h2 * w2:
-        raise ValueError(f"row {b}: {n} placeholder tokens but grid {(t, h, w)} needs {t * h2 * w2}")
+        raise ValueError(f"row {b}: {n} placeholder tokens but grid {(t, h, w)} needs "
+                         f"{t * h2 * w2}")
       interval = (np.float32(tokens_per_second) * spg[k]) if kind == VIDEO else np.float32(1)
       t_pos = (np.arange(t, dtype=np.float32) * interval).astype(np.int64)
       tt, hh, ww = np.meshgrid(t_pos, np.arange(h2), np.arange(w2), indexing="ij")

@@ -26,7 +26,7 @@ def bucket(n: int, minimum: int = 16) -> int:
 
 @struct.dataclass
 class Segments:
-  """Padded segments: `gather (S, L)` token ids, `valid (S, L)`, `scatter (N,)` flat slot of each token."""
+  """Padded segments: `gather (S, L)` token ids, `valid (S, L)`, `scatter (N,)` token slots."""
   gather: np.ndarray
   valid: np.ndarray
   scatter: np.ndarray
