@@ -25,6 +25,7 @@ def _data(split, batch_size, **kw):
 def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.compilation_cache_dir = ""          # "" = WORKDIR/compilation_cache; "off"; or a path
 
   c.data = ml_collections.ConfigDict()
   c.data.synthetic = True               # build the synthetic world into WORKDIR/world

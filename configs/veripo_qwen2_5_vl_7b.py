@@ -130,6 +130,7 @@ def recipe(*, checkpoint, preset, mesh, hosts, prompts_per_round, activation_mic
   """
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.compilation_cache_dir = ""           # "" = WORKDIR/compilation_cache (gs:// paths work)
   checkpoint = ml_collections.FieldReference(checkpoint)
   eval_dir = ml_collections.FieldReference(EVAL_DATASET_DIR)
   judge = dict(judge, checkpoint=ml_collections.FieldReference(judge["checkpoint"]))

@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -20,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 from veripo_jax.parallel.sharding import make_mesh
 from veripo_jax.train import (Checkpointer, MetricsWriter, PreemptionGuard, abstract_like,
                               data_to_key, key_to_data, progress, read_metrics)
+from veripo_jax.train.compile_cache import resolve_cache_dir
 
 
 class Tiny(nnx.Module):
@@ -269,3 +272,37 @@ def test_preemption_guard_sigint_request_and_threads():
   t.join()
   assert seen == {"installed": False, "stop": False, "after_request": True}
   assert signal.getsignal(signal.SIGTERM) is term_before
+
+
+_CACHE_PROBE = """
+import sys, jax, jax.numpy as jnp
+from veripo_jax.train.compile_cache import enable_compilation_cache
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(event) if event.endswith("cache_hits") else None)
+print(enable_compilation_cache("", sys.argv[1]))
+jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((64, 64))).block_until_ready()
+print(len(hits))
+"""
+
+
+def test_compilation_cache_is_written_then_hit(tmp_path):
+  """A second process with the same workdir loads the first one's compiled program."""
+  env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  runs = [subprocess.run([sys.executable, "-c", _CACHE_PROBE, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300) for _ in range(2)]
+  for r in runs:
+    assert r.returncode == 0, r.stderr[-2000:]
+  outputs = [r.stdout.split() for r in runs]
+  cache_dir = str(tmp_path / "compilation_cache")
+  assert outputs[0] == [cache_dir, "0"]                  # nothing to hit yet
+  assert outputs[1][0] == cache_dir and int(outputs[1][1]) >= 1
+  assert os.listdir(cache_dir)
+
+
+def test_compilation_cache_settings():
+  assert resolve_cache_dir("", "runs/x") == os.path.join("runs/x", "compilation_cache")
+  assert resolve_cache_dir("off", "runs/x") is None
+  assert resolve_cache_dir("gs://bucket/cache", "runs/x") == "gs://bucket/cache"
+  assert resolve_cache_dir("rel/cache", "runs/x") == os.path.abspath("rel/cache")

@@ -16,6 +16,7 @@ from ml_collections import config_flags
 from veripo_jax.parallel import multihost
 from veripo_jax.rl.loop import ConfigError, run
 from veripo_jax.rl.stage import Preempted
+from veripo_jax.train.compile_cache import enable_compilation_cache
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config file.",
                                           lock_config=True)
@@ -34,6 +35,8 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required")
   if _MULTIHOST.value:
     multihost.initialize()
+  cache = enable_compilation_cache(cfg.get("compilation_cache_dir", ""), _WORKDIR.value)
+  logging.info("compilation cache: %s", cache or "off")
   try:
     summaries = run(cfg, _WORKDIR.value)
   except ConfigError as e:
