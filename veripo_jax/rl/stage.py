@@ -134,6 +134,9 @@ class Stage:
     self.dir = ctx.stage_dir(name)
     self.checkpointer = Checkpointer(os.path.join(self.dir, "checkpoints"),
                                      keep=keep_checkpoints)
+    # The loop builds a stage right before running it; done.json's `wall_s` counts from here
+    # (a resumed stage: this process's part only), which the report shows as its wall time.
+    self.started = time.perf_counter()
 
   @property
   def done_path(self) -> str:
@@ -191,11 +194,13 @@ class Stage:
     return metrics
 
   def finish(self, model: Qwen25VL, summary: dict, *, export: bool = True) -> dict:
-    """Exports the policy (Hugging Face layout) and marks the stage done, atomically."""
+    """Exports the policy (Hugging Face layout) and marks the stage done, atomically, with the
+    stage's wall time in seconds (`wall_s`, export included)."""
     self.checkpointer.wait()
     if export:
       save_hf_checkpoint(model, self.policy_dir)
-    summary = {"stage": self.name, "kind": self.kind, **summary}
+    summary = {"stage": self.name, "kind": self.kind, **summary,
+               "wall_s": time.perf_counter() - self.started}
     if jax.process_index() == 0:
       write_json_atomic(self.done_path, summary)
     if jax.process_count() > 1:            # the next stage reads what process 0 wrote

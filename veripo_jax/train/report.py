@@ -1,9 +1,12 @@
-"""Run report: `WORKDIR/report.md` plus PNG plots under `WORKDIR/report/`.
+"""Run report: `WORKDIR/report.json`, `WORKDIR/report.md` and PNG plots under `WORKDIR/report/`.
 
-The paper's Figure 1 in miniature (accuracy, response length and inconsistency rate after each
-training stage), the GRPO curves, the verifier's pairs and judge, and what each stage cost per
-sample. Every number is read from the run's `metrics.jsonl` and `stages/<name>/done.json`, so the
-report can be rebuilt at any time, also for a run that has not finished (missing numbers: n/a).
+The paper's Figure 1 in miniature: accuracy, response length, inconsistency and conclusion rates
+after each training stage with cluster-robust standard errors, the four claims those numbers
+test (held or not, with the evidence), the GRPO curves, the verifier's pairs and judge, and what
+each training stage cost per trained sequence. `report.json` is the machine-readable summary;
+`report.md` presents it. Every number is read from the run's files (`metrics.jsonl`, and per
+stage `done.json`, an evaluation's `responses.jsonl` and `judge_verdicts.jsonl`), so the report
+can be rebuilt at any time, also for a run that has not finished (missing numbers: null / n/a).
 
 CLI: `python -m veripo_jax.train.report --workdir=DIR [--stages=a,b,c]`.
 """
@@ -14,23 +17,49 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from typing import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from veripo_jax.fileio import write_text_atomic
-from veripo_jax.train.metrics import read_metrics
+from veripo_jax.fileio import write_json_atomic, write_text_atomic
+from veripo_jax.train.metrics import METRICS_FILE, read_metrics
+from veripo_jax.train.stats import evaluation_stats
 
 REPORT_FILE = "report.md"
+SUMMARY_FILE = "report.json"
 PLOT_DIR = "report"
-KINDS = ("sft", "grpo", "dpo", "eval", "verifier")
-UNITS = {"sft": "s per example", "grpo": "s per response", "dpo": "s per pair",
-         "eval": "s per response", "verifier": "s per rollout"}
-HEADLINE = (("accuracy", "eval/accuracy"), ("response length", "eval/length_mean"),
-            ("inconsistency rate", "eval/inconsistency_rate"))
-GRPO_CURVES = (("accuracy reward", "reward/accuracy"), ("response length", "response/length_mean"),
-               ("inconsistency rate", "response/inconsistency_rate"))
+RESPONSES_FILE = "responses.jsonl"
+VERDICTS_FILE = "judge_verdicts.jsonl"
+TRAINING_KINDS = ("sft", "grpo", "dpo")
+KINDS = TRAINING_KINDS + ("eval", "verifier", "judge_eval")
+# Per training kind, the metrics that time one step or round, in order of preference, with the
+# number of trained sequences each timed unit holds (GRPO's sample is one response; DPO's a pair).
+SEQUENCE_TIMES = {"sft": (("time/sample_s", 1),),
+                  "grpo": (("time/response_s", 1), ("time/sample_s", 1)),
+                  "dpo": (("time/sequence_s", 1), ("time/sample_s", 2))}
+# The per-evaluation figure: (title, y-axis label, ((number, series label), ...)) per panel.
+PANELS = (("accuracy", "accuracy (fraction)", (("accuracy", None),)),
+          ("response length", "tokens", (("length_mean", None),)),
+          ("inconsistency rate", "rate", (("inconsistency_rule", "rule"),
+                                          ("inconsistency_judge", "judge"))))
+GRPO_CURVES = (("accuracy reward", "reward/accuracy", "accuracy reward (fraction)"),
+               ("response length", "response/length_mean", "tokens"),
+               ("inconsistency rate", "response/inconsistency_rate", "rate (rule)"))
+# The claims' thresholds (the issue's reading of the paper's Figure 1).
+MIN_CONCLUSION_RATE = 0.70
+MIN_GRPO_GAIN = 0.10
+MIN_DPO_DROP_SE = 3.0
+CLAIMS = {
+    1: "The SFT warm start states a conclusion the rule reads in at least "
+       f"{MIN_CONCLUSION_RATE:.0%} of its responses.",
+    2: f"GRPO raises held-out accuracy by at least {MIN_GRPO_GAIN:.2f} over the warm start.",
+    3: f"DPO lowers the rule-measured inconsistency rate by at least {MIN_DPO_DROP_SE:g} standard "
+       "errors, lengthens responses, and loses no more than one standard error of accuracy.",
+    4: "The second GRPO stage keeps accuracy within one standard error of the best evaluation "
+       "after the warm start.",
+}
 NA = "n/a"
 
 
@@ -59,24 +88,53 @@ class StageData:
       values = values[1:]
     return [float(v) for v in values if v is not None]
 
+  @property
+  def wall_recorded(self) -> bool:
+    return (self.done or {}).get("wall_s") is not None
+
+  def wall_s(self) -> float | None:
+    """done.json's `wall_s`; else (an unfinished stage, an older run) the span of its metric
+    record times, which misses the work before the first record (0 for one record)."""
+    if self.wall_recorded:
+      return float(self.done["wall_s"])
+    times = [r["time"] for r in self.records if r.get("time") is not None]
+    return max(times) - min(times) if times else None
+
 
 def write_report(workdir: str, stage_order: Sequence[str]) -> str:
-  """Writes `WORKDIR/report.md` and its plots (atomically); returns the report's path."""
+  """Writes `report.json`, `report.md` and its plots (each atomically); returns report.md's
+  path."""
   records = read_metrics(workdir)
   stages = [_load_stage(workdir, name, records) for name in stage_order]
+  summary = summarize(workdir, stages)
+  write_json_atomic(os.path.join(workdir, SUMMARY_FILE), _jsonable(summary))
   plot_dir = os.path.join(workdir, PLOT_DIR)
   os.makedirs(plot_dir, exist_ok=True)
-  lines = _header(workdir, stages, records)
-  for section in (_headline, _grpo, _pairs, _judge, _cost):
-    lines += [""] + section(stages, plot_dir)
+  sections = [_header(workdir, stages, summary["wall_s"]), _findings(summary["claims"]),
+              _headline(stages, summary["evaluations"], plot_dir), _grpo(stages, plot_dir),
+              _pairs(stages, summary["verifier"], plot_dir),
+              _judge(stages, summary["independent_judge"], plot_dir),
+              _cost(summary["cost"], summary["dpo_vs_grpo"], plot_dir)]
   path = os.path.join(workdir, REPORT_FILE)
-  write_text_atomic(path, "\n".join(lines) + "\n")
+  write_text_atomic(path, "\n\n".join("\n".join(lines) for lines in sections) + "\n")
   return path
 
 
 def stage_order_from_metrics(workdir: str) -> list[str]:
   """The stages in the order of their first metric record (the CLI's default)."""
   return list(dict.fromkeys(r["stage"] for r in read_metrics(workdir)))
+
+
+def summarize(workdir: str, stages: list[StageData]) -> dict:
+  """The report.json object; a missing number is NaN here and null in the file."""
+  evaluations = [_evaluation(workdir, stages, s) for s in _of_kind(stages, "eval")]
+  return {"evaluations": evaluations,
+          "verifier": [_verifier(s) for s in _of_kind(stages, "verifier")],
+          "independent_judge": _independent_judge(stages),
+          "cost": [_cost_entry(s) for s in stages if s.kind in TRAINING_KINDS],
+          "dpo_vs_grpo": _dpo_vs_grpo(stages),
+          "claims": evaluate_claims(evaluations, {s.name: s.kind for s in stages}),
+          "wall_s": _wall(stages)}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -104,6 +162,25 @@ def _kind_from_metrics(records: list[dict]) -> str:
   return "?"
 
 
+def _read_jsonl(path: str) -> list[dict] | None:
+  """The JSON lines of `path`; None when there is no such file."""
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _jsonable(value):
+  """`value` with NaN and infinities as None (valid JSON: null), through dicts and lists."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  return value
+
+
 def _num(value) -> float:
   """A float; None and missing values are NaN."""
   return math.nan if value is None else float(value)
@@ -117,8 +194,25 @@ def _fmt(value) -> str:
   return f"{value:.4g}" if math.isfinite(value) else NA
 
 
+def _se_key(key: str) -> str:
+  """The name of a number's standard error in an evaluation entry (length_mean: length_se)."""
+  return key.removesuffix("_mean") + "_se"
+
+
+def _pm(evaluation: dict, key: str) -> str:
+  """An evaluation's number with its standard error: "0.25 ± 0.031" (n/a when missing)."""
+  if not math.isfinite(_num(evaluation[key])):
+    return NA
+  return f"{_fmt(evaluation[key])} ± {_fmt(evaluation[_se_key(key)])}"
+
+
 def _mean(values: Sequence[float]) -> float:
   return sum(values) / len(values) if values else math.nan
+
+
+def _ratio(a: float, b: float) -> float:
+  """a / b; NaN when either is missing or b is not positive."""
+  return a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else math.nan
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -130,12 +224,189 @@ def _of_kind(stages: list[StageData], kind: str) -> list[StageData]:
   return [s for s in stages if s.kind == kind]
 
 
-def _after(stages: list[StageData], stage: StageData) -> str:
-  """The training stage an eval stage follows: the last one before it that is neither an eval
-  nor a verifier stage."""
-  before = stages[:stages.index(stage)]
-  trained = [s.name for s in before if s.kind not in ("eval", "verifier")]
-  return f"after {trained[-1]}" if trained else "initial"
+def _follows(stages: list[StageData], stage: StageData) -> str | None:
+  """The training stage (sft, grpo, dpo) last before `stage`, by name; None if there is none."""
+  trained = [s.name for s in stages[:stages.index(stage)] if s.kind in TRAINING_KINDS]
+  return trained[-1] if trained else None
+
+
+def _follows_label(evaluation: dict) -> str:
+  follows = evaluation["follows"]
+  return follows if follows == "initial" else f"after {follows}"
+
+
+# -------------------------------------------------------------------------------------------------
+# report.json's parts
+
+def _evaluation(workdir: str, stages: list[StageData], stage: StageData) -> dict:
+  """An eval stage's numbers from its responses (all NaN while it has none)."""
+  directory = os.path.join(workdir, "stages", stage.name)
+  responses = _read_jsonl(os.path.join(directory, RESPONSES_FILE))
+  verdicts = (_read_jsonl(os.path.join(directory, VERDICTS_FILE)) if responses is not None
+              else None)
+  return {"stage": stage.name, "follows": _follows(stages, stage) or "initial",
+          **evaluation_stats(responses or [], verdicts)}
+
+
+def _verifier(stage: StageData) -> dict:
+  values = stage.values()
+  families = {k.removeprefix("verifier/pairs_"): n for k, n in values.items()
+              if k.startswith("verifier/pairs_") and k != "verifier/pairs_total"}
+  trusted = values.get("judge/trusted")
+  return {"stage": stage.name, "pairs_by_family": families,
+          "pairs_total": values.get("verifier/pairs_total"),
+          "judge_heldout_agreement": values.get("judge/heldout_agreement"),
+          "judge_agreement_with_rule": values.get("verifier/judge_agreement"),
+          "judge_trusted": None if trusted is None else bool(trusted)}
+
+
+def _independent_judge(stages: list[StageData]) -> dict | None:
+  """The first finished judge_eval stage's held-out agreement; None without one."""
+  done = [s for s in _of_kind(stages, "judge_eval") if s.done is not None]
+  if not done:
+    return None
+  return {"stage": done[0].name,
+          "heldout_agreement": done[0].values().get("judge/heldout_agreement")}
+
+
+def _sequence_times(stage: StageData) -> list[float]:
+  """A training stage's seconds per trained sequence, one value per timed step or round."""
+  for metric, sequences in SEQUENCE_TIMES[stage.kind]:
+    values = stage.timed(metric)
+    if values:
+      return [v / sequences for v in values]
+  return []
+
+
+def _cost_entry(stage: StageData) -> dict:
+  values = _sequence_times(stage)
+  return {"stage": stage.name, "kind": stage.kind, "seconds_per_sequence": _mean(values),
+          "values_averaged": len(values)}
+
+
+def _dpo_vs_grpo(stages: list[StageData]) -> dict:
+  """GRPO's and DPO's time per trained sequence and per training sample (a GRPO prompt with its
+  G responses, a DPO pair), each the mean over all their stages' timed rounds or steps."""
+  grpo, dpo = _of_kind(stages, "grpo"), _of_kind(stages, "dpo")
+  per_response = _mean([v for s in grpo for v in _sequence_times(s)])
+  per_sequence = _mean([v for s in dpo for v in _sequence_times(s)])
+  per_prompt = _mean([v for s in grpo for v in s.timed("time/prompt_s")])
+  per_pair = _mean([v for s in dpo for v in s.timed("time/sample_s")])
+  return {"grpo_s_per_response": per_response, "dpo_s_per_sequence": per_sequence,
+          "per_sequence_ratio": _ratio(per_response, per_sequence),
+          "grpo_s_per_prompt": per_prompt, "dpo_s_per_pair": per_pair,
+          "per_sample_ratio": _ratio(per_prompt, per_pair)}
+
+
+def _wall(stages: list[StageData]) -> dict:
+  per_stage = {s.name: s.wall_s() for s in stages}
+  known = [v for v in per_stage.values() if v is not None]
+  return {"stages": per_stage, "total": sum(known) if known else None}
+
+
+# -------------------------------------------------------------------------------------------------
+# Claims
+
+MILESTONES = {"warm": "warm-start", "grpo1": "first-GRPO", "dpo": "DPO", "grpo2": "second-GRPO"}
+_TOLERANCE = 1e-9   # float rounding: a gain of 0.35 - 0.25 meets a 0.10 threshold
+
+
+def milestones(evaluations: list[dict], kinds: dict[str, str]) -> dict[str, dict | None]:
+  """The evaluations the claims compare (None: absent): warm, the first; grpo1, the first that
+  follows a GRPO stage; dpo, the first after grpo1 that follows a DPO stage; grpo2, the first
+  after that one that follows a GRPO stage."""
+  def first(start: int | None, kind: str) -> int | None:
+    if start is None:
+      return None
+    return next((i for i in range(start, len(evaluations))
+                 if kinds.get(evaluations[i]["follows"]) == kind), None)
+
+  grpo1 = first(0, "grpo")
+  dpo = first(None if grpo1 is None else grpo1 + 1, "dpo")
+  grpo2 = first(None if dpo is None else dpo + 1, "grpo")
+  index = {"warm": 0 if evaluations else None, "grpo1": grpo1, "dpo": dpo, "grpo2": grpo2}
+  return {name: None if i is None else evaluations[i] for name, i in index.items()}
+
+
+def _at_least(a: float, b: float) -> bool:
+  return a >= b - _TOLERANCE
+
+
+def _decided(condition: bool, *numbers: float) -> bool | None:
+  """`condition`, or None when a number it compares is missing (NaN)."""
+  return condition if all(math.isfinite(_num(x)) for x in numbers) else None
+
+
+def _claim_warm_start(warm: dict) -> tuple[bool | None, str]:
+  rate = _num(warm["conclusion_rate"])
+  return (_decided(_at_least(rate, MIN_CONCLUSION_RATE), rate),
+          f"{warm['stage']}: conclusion rate {_pm(warm, 'conclusion_rate')} "
+          f"(needs ≥ {MIN_CONCLUSION_RATE:.2f}).")
+
+
+def _claim_grpo_gain(warm: dict, grpo1: dict) -> tuple[bool | None, str]:
+  gain = _num(grpo1["accuracy"]) - _num(warm["accuracy"])
+  return (_decided(_at_least(gain, MIN_GRPO_GAIN), gain),
+          f"accuracy {_pm(warm, 'accuracy')} ({warm['stage']}) → {_pm(grpo1, 'accuracy')} "
+          f"({grpo1['stage']}): gain {_fmt(gain)} (needs ≥ {MIN_GRPO_GAIN:.2f}).")
+
+
+def _difference(a: dict, b: dict, key: str) -> tuple[float, float]:
+  """(a − b, the standard error of the difference of two independent evaluations)."""
+  return (_num(a[key]) - _num(b[key]),
+          math.hypot(_num(a[_se_key(key)]), _num(b[_se_key(key)])))
+
+
+def _claim_dpo(grpo1: dict, dpo: dict) -> tuple[bool | None, str]:
+  drop, drop_se = _difference(grpo1, dpo, "inconsistency_rule")
+  loss, loss_se = _difference(grpo1, dpo, "accuracy")
+  judge_drop, judge_se = _difference(grpo1, dpo, "inconsistency_judge")
+  longer = _num(dpo["length_mean"]) > _num(grpo1["length_mean"])
+  held = _decided(_at_least(drop, MIN_DPO_DROP_SE * drop_se) and longer
+                  and _at_least(loss_se, loss),
+                  drop, drop_se, loss, loss_se, dpo["length_mean"], grpo1["length_mean"])
+  return held, (
+      f"{grpo1['stage']} → {dpo['stage']}: rule inconsistency "
+      f"{_pm(grpo1, 'inconsistency_rule')} → {_pm(dpo, 'inconsistency_rule')} (drop "
+      f"{_fmt(drop)} = {_fmt(_ratio(drop, drop_se))} SE, needs ≥ {MIN_DPO_DROP_SE:g}); length "
+      f"{_pm(grpo1, 'length_mean')} → {_pm(dpo, 'length_mean')} tokens; accuracy "
+      f"{_pm(grpo1, 'accuracy')} → {_pm(dpo, 'accuracy')} (loss {_fmt(loss)}, allowed ≤ "
+      f"{_fmt(loss_se)}); judge inconsistency {_pm(grpo1, 'inconsistency_judge')} → "
+      f"{_pm(dpo, 'inconsistency_judge')} (drop {_fmt(judge_drop)} ± {_fmt(judge_se)}, "
+      "not tested).")
+
+
+def _claim_grpo_keeps(grpo1: dict, dpo: dict, grpo2: dict) -> tuple[bool | None, str]:
+  measured = [e for e in (grpo1, dpo, grpo2) if math.isfinite(_num(e["accuracy"]))]
+  best = max(measured, key=lambda e: e["accuracy"]) if measured else grpo2
+  gap, allowed = _difference(best, grpo2, "accuracy")
+  return (_decided(_at_least(allowed, gap), gap, allowed),
+          f"best after the warm start {_pm(best, 'accuracy')} ({best['stage']}), "
+          f"{grpo2['stage']} {_pm(grpo2, 'accuracy')}: gap {_fmt(gap)} (allowed ≤ "
+          f"{_fmt(allowed)}).")
+
+
+# Per claim: the milestones it compares, and its check.
+_CLAIM_CHECKS = {1: (("warm",), _claim_warm_start),
+                 2: (("warm", "grpo1"), _claim_grpo_gain),
+                 3: (("grpo1", "dpo"), _claim_dpo),
+                 4: (("grpo1", "dpo", "grpo2"), _claim_grpo_keeps)}
+
+
+def evaluate_claims(evaluations: list[dict], kinds: dict[str, str]) -> list[dict]:
+  """The four claims checked on the evaluations (in stage order; `kinds`: stage name → kind);
+  `held` is None when an evaluation a claim needs is absent or lacks a number."""
+  found = milestones(evaluations, kinds)
+  claims = []
+  for number, (needs, check) in _CLAIM_CHECKS.items():
+    absent = [MILESTONES[name] for name in needs if found[name] is None]
+    if absent:
+      held, evidence = None, f"Not measured: no {' or '.join(absent)} evaluation."
+    else:
+      held, evidence = check(*(found[name] for name in needs))
+    claims.append({"claim": number, "text": CLAIMS[number], "held": held,
+                   "evidence": evidence})
+  return claims
 
 
 # -------------------------------------------------------------------------------------------------
@@ -143,7 +414,7 @@ def _after(stages: list[StageData], stage: StageData) -> str:
 
 def _figure(panels: int) -> tuple[Figure, list]:
   """A small figure of `panels` side by side, drawn by Agg without touching pyplot's state."""
-  fig = Figure(figsize=(9, 3), dpi=100, layout="constrained")
+  fig = Figure(figsize=(10, 3.4), dpi=100, layout="constrained")
   FigureCanvasAgg(fig)
   return fig, list(fig.subplots(1, panels, squeeze=False)[0])
 
@@ -156,51 +427,86 @@ def _save(fig: Figure, plot_dir: str, name: str) -> str:
   return f"![{name}]({PLOT_DIR}/{name}.png)"
 
 
+def _xticks(ax, labels: Sequence[str]) -> None:
+  """Category labels, slanted so that long or many names do not run into each other."""
+  ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=30, ha="right",
+                rotation_mode="anchor")
+
+
 def _bars(ax, groups: Sequence[str], series: dict[str, Sequence[float]]) -> None:
   """Grouped bars: one group per entry of `groups`, one bar per series in each group."""
   width = 0.8 / max(1, len(series))
   for i, (label, values) in enumerate(series.items()):
     shift = (i - (len(series) - 1) / 2) * width
     ax.bar([g + shift for g in range(len(groups))], values, width, label=label)
-  ax.set_xticks(range(len(groups)), groups, fontsize=8)
+  _xticks(ax, groups)
   if len(series) > 1:
     ax.legend(fontsize=7)
+
+
+def _label(ax, title: str, xlabel: str, ylabel: str) -> None:
+  ax.set_title(title, fontsize=9)
+  ax.set_xlabel(xlabel, fontsize=8)
+  ax.set_ylabel(ylabel, fontsize=8)
 
 
 # -------------------------------------------------------------------------------------------------
 # Sections: each returns its Markdown lines and saves its plot
 
-def _header(workdir: str, stages: list[StageData], records: list[dict]) -> list[str]:
-  times = [r["time"] for r in records if r.get("time") is not None]
-  wall = max(times) - min(times) if times else math.nan
+def _header(workdir: str, stages: list[StageData], wall: dict) -> list[str]:
   rows = []
   for i, s in enumerate(stages, 1):
-    own = [r["time"] for r in s.records if r.get("time") is not None]
+    seconds = wall["stages"][s.name]
+    note = "" if s.wall_recorded or seconds is None else " (metric records' span)"
     rows.append([str(i), s.name, s.kind, "done" if s.done is not None else "not finished",
-                 str(len(s.records)), _fmt(max(own) - min(own) if own else None)])
+                 str(len(s.records)), _fmt(seconds) + note])
   return (["# VerIPO run report", "", f"Workdir: `{workdir}`", "",
-           f"Total wall time: {_fmt(wall)} s (first to last metrics record).", ""] +
+           f"Total wall time: {_fmt(wall['total'])} s (the sum of the stages' wall times: "
+           "done.json's `wall_s`, else the span of the stage's metric records).", ""] +
           _table(["#", "stage", "kind", "status", "metric records", "wall time (s)"], rows))
 
 
-def _headline(stages: list[StageData], plot_dir: str) -> list[str]:
-  lines = ["## Accuracy, response length and consistency per evaluation", ""]
-  evals = _of_kind(stages, "eval")
-  if not evals:
+def _findings(claims: list[dict]) -> list[str]:
+  measured = [c for c in claims if c["held"] is not None]
+  verdicts = {True: "held", False: "did not hold", None: "not measured"}
+  return (["## Findings", "",
+           f"{sum(c['held'] for c in measured)} of the {len(measured)} measured claims held "
+           f"({len(claims) - len(measured)} not measured); ± values are standard errors "
+           "clustered by prompt.", ""] +
+          [f"- **Claim {c['claim']} {verdicts[c['held']]}.** {c['text']} {c['evidence']}"
+           for c in claims])
+
+
+def _headline(stages: list[StageData], evaluations: list[dict], plot_dir: str) -> list[str]:
+  lines = ["## Accuracy, response length and consistency per evaluation", "",
+           "Mean ± standard error over each evaluation's responses, clustered by prompt. Rule "
+           "(judge) inconsistency: share of the responses with a think and an answer whose "
+           "reasoning does not conclude with the answer by the rule (by the independent judge; "
+           "unparseable verdicts left out and counted as judge unknown). Conclusion rate: share "
+           "of all responses whose reasoning states a conclusion the rule reads.", ""]
+  if not evaluations:
     return lines + ["No evaluation stage."]
-  labels = [_after(stages, s) for s in evals]
-  values = [s.values() for s in evals]
-  rows = [[s.name, label] + [_fmt(v.get(k)) for k in
-                             ("eval/accuracy", "eval/length_mean", "eval/inconsistency_rate",
-                              "eval/format", "eval/truncated_rate", "eval/count")]
-          for s, label, v in zip(evals, labels, values)]
-  lines += _table(["stage", "follows", "accuracy", "response length", "inconsistency rate",
-                   "format", "truncated rate", "examples"], rows)
-  fig, axes = _figure(len(HEADLINE))
-  for ax, (title, key) in zip(axes, HEADLINE):
-    ax.plot(range(len(evals)), [_num(v.get(key)) for v in values], "o-")
-    ax.set_xticks(range(len(evals)), labels, fontsize=8)
-    ax.set_title(title, fontsize=9)
+  values = {s.name: s.values() for s in stages}
+  rows = [[e["stage"], _follows_label(e)] +
+          [_pm(e, k) for k in ("accuracy", "length_mean", "inconsistency_rule",
+                               "inconsistency_judge", "conclusion_rate")] +
+          [_fmt(values[e["stage"]].get(k)) for k in ("eval/format", "eval/truncated_rate")] +
+          [_fmt(e["examples"]), _fmt(e["judge_unknown"])] for e in evaluations]
+  lines += _table(["stage", "follows", "accuracy", "response length (tokens)",
+                   "rule inconsistency", "judge inconsistency", "conclusion rate", "format",
+                   "truncated rate", "examples", "judge unknown"], rows)
+  fig, axes = _figure(len(PANELS))
+  xs = range(len(evaluations))
+  for ax, (title, ylabel, series) in zip(axes, PANELS):
+    for j, (key, label) in enumerate(series):
+      shift = (j - (len(series) - 1) / 2) * 0.1
+      ax.errorbar([x + shift for x in xs], [_num(e[key]) for e in evaluations],
+                  yerr=[_num(e[_se_key(key)]) for e in evaluations], fmt="o-", capsize=3,
+                  markersize=4, label=label)
+    if len(series) > 1:
+      ax.legend(fontsize=7)
+    _xticks(ax, [_follows_label(e) for e in evaluations])
+    _label(ax, f"{title} (±1 SE)", "evaluation", ylabel)
   return lines + ["", _save(fig, plot_dir, "stages")]
 
 
@@ -211,11 +517,12 @@ def _grpo(stages: list[StageData], plot_dir: str) -> list[str]:
   if not grpo:
     return lines + ["No GRPO rounds recorded."]
   rows = [[s.name, str(len(rounds))] +
-          [f"{_fmt(rounds[0].get(k))} → {_fmt(rounds[-1].get(k))}" for _, k in GRPO_CURVES]
+          [f"{_fmt(rounds[0].get(k))} → {_fmt(rounds[-1].get(k))}" for _, k, _ in GRPO_CURVES]
           for s, rounds in grpo]
-  lines += _table(["stage", "rounds"] + [f"{t} (first → last)" for t, _ in GRPO_CURVES], rows)
+  lines += _table(["stage", "rounds"] + [f"{t} (first → last)" for t, _, _ in GRPO_CURVES],
+                  rows)
   fig, axes = _figure(len(GRPO_CURVES))
-  for ax, (title, key) in zip(axes, GRPO_CURVES):
+  for ax, (title, key, ylabel) in zip(axes, GRPO_CURVES):
     start = 0
     for s, rounds in grpo:
       xs = range(start + 1, start + len(rounds) + 1)
@@ -225,36 +532,28 @@ def _grpo(stages: list[StageData], plot_dir: str) -> list[str]:
               va="top")
       start += len(rounds)
     ax.set_xlim(0.5, start + 0.5)  # the whole range even where a metric is all null
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("round", fontsize=8)
+    _label(ax, title, "round (GRPO stages in order)", ylabel)
   return lines + ["", _save(fig, plot_dir, "grpo_curves")]
 
 
-def _families(verifiers: list[StageData], dpos: list[StageData]) -> list[str]:
-  """Families in order of first appearance: the verifiers' metric names, then DPO's summaries."""
-  keys = [k.removeprefix("verifier/pairs_") for s in verifiers for k in s.values()
-          if k.startswith("verifier/pairs_") and k != "verifier/pairs_total"]
-  keys += [f for s in dpos for f in s.done.get("pair_families", {})]
-  return list(dict.fromkeys(keys))
-
-
-def _pairs(stages: list[StageData], plot_dir: str) -> list[str]:
+def _pairs(stages: list[StageData], verifiers: list[dict], plot_dir: str) -> list[str]:
   lines = ["## Preference pairs by family", ""]
-  verifiers = _of_kind(stages, "verifier")
   if not verifiers:
     return lines + ["No verifier stage."]
   dpos = [s for s in _of_kind(stages, "dpo") if s.done is not None]
-  families = _families(verifiers, dpos)
-  counts = [[s.values().get(f"verifier/pairs_{f}") for f in families] for s in verifiers]
-  rows = [[s.name] + [_fmt(c) for c in row] + [_fmt(s.values().get("verifier/pairs_total"))]
-          for s, row in zip(verifiers, counts)]
+  families = list(dict.fromkeys([f for v in verifiers for f in v["pairs_by_family"]] +
+                                [f for s in dpos for f in s.done.get("pair_families", {})]))
+  counts = [[v["pairs_by_family"].get(f) for f in families] for v in verifiers]
+  rows = [[v["stage"]] + [_fmt(c) for c in row] + [_fmt(v["pairs_total"])]
+          for v, row in zip(verifiers, counts)]
   rows += [[f"{s.name} (trained on)"] + [_fmt(s.done.get("pair_families", {}).get(f))
                                          for f in families] + [_fmt(s.done.get("pairs"))]
            for s in dpos]
   lines += _table(["stage"] + families + ["total"], rows)
   fig, axes = _figure(1)
-  _bars(axes[0], families, {s.name: [_num(c) for c in row] for s, row in zip(verifiers, counts)})
-  axes[0].set_title("pairs by family", fontsize=9)
+  _bars(axes[0], families,
+        {v["stage"]: [_num(c) for c in row] for v, row in zip(verifiers, counts)})
+  _label(axes[0], "pairs by family", "pair family", "pairs (count)")
   return lines + ["", _save(fig, plot_dir, "pairs")]
 
 
@@ -270,8 +569,11 @@ def _trusted(value) -> str:
   return "yes" if value else "no: below min_heldout_agreement, rules judged"
 
 
-def _judge(stages: list[StageData], plot_dir: str) -> list[str]:
+def _judge(stages: list[StageData], independent: dict | None, plot_dir: str) -> list[str]:
   lines = ["## Judge", ""]
+  if independent is not None:
+    lines += [f"Independent judge (stage {independent['stage']}, the evaluations' judge "
+              f"inconsistency): held-out agreement {_fmt(independent['heldout_agreement'])}.", ""]
   verifiers = _of_kind(stages, "verifier")
   if not verifiers:
     return lines + ["No verifier stage."]
@@ -291,34 +593,36 @@ def _judge(stages: list[StageData], plot_dir: str) -> list[str]:
         {"held-out agreement": [_num(v.get("judge/heldout_agreement")) for v in values],
          "agreement with rules": [_num(v.get("verifier/judge_agreement")) for v in values]})
   axes[0].set_ylim(0, 1.05)
-  axes[0].set_title("judge agreement", fontsize=9)
+  _label(axes[0], "judge agreement", "verifier stage", "agreement (fraction)")
   return lines + ["", _save(fig, plot_dir, "judge")]
 
 
-def _cost(stages: list[StageData], plot_dir: str) -> list[str]:
+def _cost(cost: list[dict], ratio: dict, plot_dir: str) -> list[str]:
   lines = ["## Cost", "",
-           "Time means leave out each stage's first step or round when it has more than 2 "
-           "(compilation).", ""]
-  timed = [(s, s.timed("time/sample_s")) for s in stages]
-  rows = [[s.name, s.kind, _fmt(_mean(t)), UNITS.get(s.kind, "s per sample"), str(len(t))]
-          for s, t in timed]
-  lines += _table(["stage", "kind", "time per sample", "unit", "values averaged"], rows)
-  grpo = [v for s in _of_kind(stages, "grpo") for v in s.timed("time/prompt_s")]
-  dpo = [v for s in _of_kind(stages, "dpo") for v in s.timed("time/sample_s")]
-  ratio = _mean(grpo) / _mean(dpo) if grpo and dpo and _mean(dpo) > 0 else math.nan
-  lines += ["", f"GRPO: {_fmt(_mean(grpo))} s per prompt (generation, scoring and update; "
-            f"mean of {len(grpo)} rounds). DPO: {_fmt(_mean(dpo))} s per pair (mean of {len(dpo)} "
-            "steps).", "",
-            f"**DPO is {_fmt(ratio)}× cheaper per training sample than GRPO** "
-            "(GRPO s/prompt ÷ DPO s/pair)."]
-  plotted = [(s, _mean(t)) for s, t in timed if t]
+           "Seconds per trained sequence (an SFT example, a GRPO response, one of a DPO pair's "
+           "two responses). Means leave out each stage's first step or round when it has more "
+           "than 2 (compilation).", ""]
+  lines += _table(["stage", "kind", "s per trained sequence", "values averaged"],
+                  [[c["stage"], c["kind"], _fmt(c["seconds_per_sequence"]),
+                    str(c["values_averaged"])] for c in cost])
+  lines += ["", f"GRPO: {_fmt(ratio['grpo_s_per_prompt'])} s per prompt, "
+            f"{_fmt(ratio['grpo_s_per_response'])} s per response (generation, scoring and "
+            f"update). DPO: {_fmt(ratio['dpo_s_per_pair'])} s per pair, "
+            f"{_fmt(ratio['dpo_s_per_sequence'])} s per sequence.", "",
+            f"**DPO is {_fmt(ratio['per_sample_ratio'])}× cheaper per training sample than "
+            "GRPO** (GRPO s/prompt ÷ DPO s/pair); per trained sequence "
+            f"{_fmt(ratio['per_sequence_ratio'])}×."]
+  plotted = [c for c in cost if math.isfinite(c["seconds_per_sequence"])]
   if plotted:
     fig, axes = _figure(1)
-    _bars(axes[0], [f"{s.name}\n({UNITS.get(s.kind, '?')})" for s, _ in plotted],
-          {"time per sample": [m for _, m in plotted]})
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("seconds", fontsize=8)
-    lines += ["", _save(fig, plot_dir, "time_per_sample")]
+    _bars(axes[0], [c["stage"] for c in plotted],
+          {"time": [c["seconds_per_sequence"] for c in plotted]})
+    axes[0].bar_label(axes[0].containers[0], fmt="%.3g", fontsize=7)
+    _label(axes[0], "time per trained sequence; GRPO ÷ DPO = "
+           f"{_fmt(ratio['per_sequence_ratio'])}× per sequence, "
+           f"{_fmt(ratio['per_sample_ratio'])}× per sample (prompt vs pair)",
+           "training stage", "seconds per trained sequence")
+    lines += ["", _save(fig, plot_dir, "time_per_sequence")]
   return lines
 
 
@@ -335,6 +639,9 @@ def _cli() -> None:
     del argv
     if workdir.value is None:
       raise app.UsageError("--workdir is required")
+    metrics = os.path.join(workdir.value, METRICS_FILE)
+    if not os.path.isfile(metrics):
+      sys.exit(f"report: {metrics} not found: {workdir.value} is not a run directory")
     print(write_report(workdir.value, stages.value or stage_order_from_metrics(workdir.value)))
 
   app.run(main)
