@@ -266,6 +266,14 @@ def test_report_json_evaluations(tmp_path):
     assert e["judge_unknown"] is None
 
 
+def test_judge_verdicts_that_do_not_fit_the_responses_name_the_file(tmp_path):
+  run = FakeRun(tmp_path)
+  run.eval("eval_sft", {16: "consistent"})         # 16 responses: indices 0..15
+  run.flush()
+  with pytest.raises(ValueError, match=r"eval_sft/judge_verdicts.jsonl: .*index 16"):
+    write_report(str(tmp_path), ["eval_sft"])
+
+
 def test_report_json_verifier_cost_wall_and_claims(tmp_path):
   full_run(tmp_path)
   write_report(str(tmp_path), ORDER)

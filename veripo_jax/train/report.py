@@ -242,10 +242,13 @@ def _evaluation(workdir: str, stages: list[StageData], stage: StageData) -> dict
   """An eval stage's numbers from its responses (all NaN while it has none)."""
   directory = os.path.join(workdir, "stages", stage.name)
   responses = _read_jsonl(os.path.join(directory, RESPONSES_FILE))
-  verdicts = (_read_jsonl(os.path.join(directory, VERDICTS_FILE)) if responses is not None
-              else None)
-  return {"stage": stage.name, "follows": _follows(stages, stage) or "initial",
-          **evaluation_stats(responses or [], verdicts)}
+  verdicts_path = os.path.join(directory, VERDICTS_FILE)
+  verdicts = _read_jsonl(verdicts_path) if responses is not None else None
+  try:
+    stats = evaluation_stats(responses or [], verdicts)
+  except ValueError as e:                  # verdicts that do not fit the responses
+    raise ValueError(f"{verdicts_path}: {e}") from e
+  return {"stage": stage.name, "follows": _follows(stages, stage) or "initial", **stats}
 
 
 def _verifier(stage: StageData) -> dict:
