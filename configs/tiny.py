@@ -13,11 +13,12 @@ import ml_collections
 
 _SMALL_VIDEO = dict(video_min_pixels=56 * 56, max_pixels=112 * 112, image_min_pixels=56 * 56,
                     image_max_pixels=112 * 112)
-_BUCKETS = dict(prompt_buckets=(256, 384, 512, 768), response_buckets=(64, 96, 128, 192, 256),
+_BUCKETS = dict(prompt_buckets=(128, 192, 256, 384, 512), response_buckets=(64, 96, 128, 192, 256),
                 patch_buckets=(512, 1024, 2048, 4096))
 
 
 def _data(split, batch_size, **kw):
+  kw.setdefault("template", "synthetic_think")
   return ml_collections.ConfigDict(dict(split=split, batch_size=batch_size,
                                         vision=dict(_SMALL_VIDEO), **_BUCKETS, **kw))
 
@@ -30,7 +31,8 @@ def get_config():
   c.data = ml_collections.ConfigDict()
   c.data.synthetic = True               # build the synthetic world into WORKDIR/world
   c.data.world_seed = 0
-  c.data.split_sizes = {"train": 512, "heldout": 64, "judge_train": 4000, "judge_heldout": 200}
+  c.data.split_sizes = {"train": 512, "heldout": 128, "judge_train": 4000,
+                          "judge_train_b": 4000, "judge_heldout": 200}
   c.data.world = ml_collections.ConfigDict({"tokenizer_corpus_examples": 1500})
   c.data.dataset_dir = ""               # with synthetic=False: a TFDS ArrayRecord dataset dir
   c.data.tokenizer_dir = ""
@@ -47,21 +49,27 @@ def get_config():
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
 
   c.stage_order = ("sft", "eval_sft", "judge", "grpo", "eval_grpo", "verifier", "dpo",
-                   "eval_dpo", "grpo_2", "eval")
+                   "eval_dpo", "grpo_2", "eval", "judge_b", "judge_eval")
   c.stages = ml_collections.ConfigDict()
   c.stages.sft = ml_collections.ConfigDict(dict(
       kind="sft", steps=120, micro_batch=16, data=_data("train", 16),
-      optimizer=dict(learning_rate=3e-3, warmup_ratio=0.05, weight_decay=0.0),
+      optimizer=dict(learning_rate=3e-3, warmup_ratio=0.05, weight_decay=0.0,
+                     schedule="constant"),
       frozen=(), save_every_steps=40))
   # The judge: same tiny architecture, fresh weights, text only; its policy is not handed on.
   # Its lookup circuit forms around step 300: 450 steps agreed with 98.5% of the 200 held-out
   # labels (300 steps: 80%).
-  c.stages.judge = ml_collections.ConfigDict(dict(
+  judge = dict(
       kind="sft", init="fresh", hands_off=False, steps=450, micro_batch=32,
-      data=_data("judge_train", 32, template="judge"),
       optimizer=dict(learning_rate=3e-3, warmup_ratio=0.03, weight_decay=0.0,
                      schedule="constant"),
-      frozen=(), save_every_steps=100))
+      frozen=(), save_every_steps=100)
+  c.stages.judge = ml_collections.ConfigDict(dict(
+      judge, data=_data("judge_train", 32, template="judge")))
+  # The independent judge: another checkpoint, trained on other examples in another order,
+  # used by no training stage; it grades the evaluations' consistency (judge_eval).
+  c.stages.judge_b = ml_collections.ConfigDict(dict(
+      judge, data=_data("judge_train_b", 32, template="judge", seed=7)))
   grpo = dict(
       kind="grpo", global_batch=32, micro_batch=32,
       rollout=dict(num_samples=8, max_new_tokens=128, temperature=1.0),
@@ -88,6 +96,10 @@ def get_config():
   # what training changed; the paper's greedy protocol is `temperature=0.0, num_samples=1`.
   evaluation = dict(kind="eval", data=_data("heldout", 16, shuffle=False, num_epochs=1),
                     rollout=dict(num_samples=4, max_new_tokens=128, temperature=1.0))
-  for name in ("eval_sft", "eval_grpo", "eval_dpo", "eval"):
+  evals = ("eval_sft", "eval_grpo", "eval_dpo", "eval")
+  for name in evals:
     c.stages[name] = ml_collections.ConfigDict(evaluation)
+  c.stages.judge_eval = ml_collections.ConfigDict(dict(
+      kind="judge_eval", evals=evals, judge=dict(c.stages.verifier.judge, from_stage="judge_b"),
+      judge_max_tokens=28, heldout_split="judge_heldout"))
   return c

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 
 from veripo_jax.data.datasets import data_source
+from veripo_jax.data.prompts import get_templates
 from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.render import render_media
 from veripo_jax.data.synthetic.tokenizer import (QWEN_SPECIAL_TOKENS, TAG_TOKENS,
@@ -18,6 +19,7 @@ from veripo_jax.data.synthetic.world import WorldConfig, make_example
 from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.data.video import decode_frames
 from veripo_jax.models.qwen2_5_vl.config import get_preset
+from veripo_jax.rl.verifier import rule_consistent
 
 WORLD = WorldConfig(tokenizer_corpus_examples=200, tokenizer_vocab_size=600)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +56,11 @@ def test_examples_cover_types_levels_and_tasks():
   assert set(count(r["task"] for r in records)) == {
       "direction", "first_appearance", "count", "visible_frames", "image_count", "image_color"}
   for r in records:
-    assert r["answer"] in r["reasoning"]      # the reasoning reaches the gold answer
+    # The chain's last state is the gold answer, stated where the verifier's rule reads it.
+    assert r["reasoning"].endswith(f"So the answer is {r['answer']}.")
+    assert rule_consistent(r["reasoning"], r["answer"], r["options"]) is True
+    assert rule_consistent(r["reasoning"], str(int(r["answer"]) + 1) if r["answer"].isdigit()
+                           else ("A" if r["answer"] != "A" else "B"), r["options"]) is False
     if r["problem_type"] == "multiple choice":
       assert any(o.startswith(r["answer"] + ". ") for o in r["options"])
     if r["data_type"] == "text":
@@ -105,6 +111,13 @@ def test_world_tokenizer_directory(tmp_path):
   # A prompt with the Video-R1 template stays short: the templates are in the BPE corpus.
   assert len(tokenizer("Please think about this question as if you were a human pondering "
                        "deeply.")["input_ids"]) < 20
+  # The world's gold response: its answer tag holds the very token its reasoning ends on.
+  templates = get_templates("synthetic_think")
+  for index in range(20):
+    record = make_example(WORLD, 0, "train", index)[0]
+    pieces = tokenizer.tokenize(templates.response_text(record))
+    concluded = pieces[pieces.index("</think>") - 2]          # "... is B" "." "</think>"
+    assert pieces[pieces.index("<answer>") + 1] == concluded
 
 
 def _run(module, *args):

@@ -49,6 +49,14 @@ VIDEO_R1_TYPE_SUFFIX = {
     "regression": _NUMBER_SUFFIX,
 }
 
+# The synthetic world's short prompt: the same request for <think>/<answer> in a few words, so
+# the tiny embedded-default model spends its compute on the video and the reasoning, not on a
+# paragraph of instructions it cannot read.
+SYNTHETIC_THINK = "{question}\nThink in <think> </think>, then answer in <answer> </answer>."
+SYNTHETIC_TYPE_SUFFIX = {"multiple choice": " Answer with the option letter.",
+                         "numerical": " Answer with a number.",
+                         "regression": " Answer with a number."}
+
 # VerIPO evaluation [decision: the authors' exact strings are not public; these ask for the same
 # output form, `<think>…</think><answer> $X$ </answer>`].
 VERIPO_OPTION = (
@@ -104,6 +112,11 @@ class PromptTemplates:
 TEMPLATES = {
     "video_r1_think": PromptTemplates(
         {k: VIDEO_R1_THINK + v for k, v in VIDEO_R1_TYPE_SUFFIX.items()}),
+    # The answer tag repeats the reasoning's last token with its leading space, so the tiny
+    # model copies one token id ("answer is B" -> " B") instead of learning " B" -> "B".
+    "synthetic_think": PromptTemplates(
+        {k: SYNTHETIC_THINK + v for k, v in SYNTHETIC_TYPE_SUFFIX.items()},
+        response="<think>{reasoning}</think><answer> {answer}</answer>"),
     "veripo_eval": PromptTemplates(
         {"multiple choice": VERIPO_OPTION, "numerical": VERIPO_NUMBER,
          "regression": VERIPO_NUMBER}),

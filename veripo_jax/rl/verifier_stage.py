@@ -138,6 +138,14 @@ def read_discarded(ctx: RunContext, stage_names: Sequence[str]) -> list[int]:
   return sorted(out)
 
 
+def heldout_judge_metrics(ctx: RunContext, judge: PromptJudge, split: str,
+                          limit: int = 0) -> dict[str, float]:
+  """`heldout_agreement` on the first `limit` (0: all) examples of a labelled split."""
+  heldout = data_source(ctx.dataset_dir, split)
+  n = min(len(heldout), limit or len(heldout))
+  return heldout_agreement(judge, [heldout[i] for i in range(n)])
+
+
 def heldout_agreement(judge: PromptJudge, records: Sequence[Mapping]) -> dict[str, float]:
   """The judge's agreement with labelled examples; an unparseable reply counts as wrong."""
   replies = judge.ask([as_text(r["problem"]) for r in records])
@@ -176,9 +184,7 @@ class VerifierStage(Stage):
     with _judge(ctx, cfg) as (judge, served):
       metrics = {"judge/served": int(served)}
       if served and cfg.heldout_split:
-        heldout = data_source(ctx.dataset_dir, cfg.heldout_split)
-        n = min(len(heldout), cfg.heldout_limit or len(heldout))
-        metrics.update(heldout_agreement(judge, [heldout[i] for i in range(n)]))
+        metrics.update(heldout_judge_metrics(ctx, judge, cfg.heldout_split, cfg.heldout_limit))
       trusted = served and not (metrics.get("judge/heldout_agreement", 1.0)
                                 < cfg.min_heldout_agreement)
       metrics["judge/trusted"] = int(trusted)
@@ -216,13 +222,21 @@ class VerifierStage(Stage):
 
 @contextlib.contextmanager
 def _judge(ctx: RunContext, cfg: VerifierStageConfig) -> Iterator[tuple[Judge, bool]]:
-  """(judge, served): the judge checkpoint served for the stage's duration, or a running server,
-  or (neither) the rules alone. The server stops however the stage ends."""
+  """(judge, served): the configured judge (`serve_judge`), or (none configured) the rules."""
   j, v = cfg.judge, cfg.verifier
-  checkpoint = ctx.policy_dir(j.from_stage) if j.from_stage else j.checkpoint
-  if not (checkpoint or j.address):
+  if not (j.from_stage or j.checkpoint or j.address):
     yield RuleJudge(), False
     return
+  with serve_judge(ctx, j, v.judge_prompt, v.judge_max_tokens) as judge:
+    yield judge, True
+
+
+@contextlib.contextmanager
+def serve_judge(ctx: RunContext, j: JudgeConfig, prompt: str,
+                max_tokens: int) -> Iterator[PromptJudge]:
+  """A judge LLM for the `with` block: its checkpoint served by JetStream on loopback, or a
+  server already running at `j.address`. The server stops however the block ends."""
+  checkpoint = ctx.policy_dir(j.from_stage) if j.from_stage else j.checkpoint
   # Imported here: JetStream pulls in TensorFlow (seconds), needed only with a judge model.
   from veripo_jax.serving.client import JudgeClient
   from veripo_jax.serving.server import start_server
@@ -236,8 +250,7 @@ def _judge(ctx: RunContext, cfg: VerifierStageConfig) -> Iterator[tuple[Judge, b
       address = server.address
     client = stack.enter_context(JudgeClient(address, timeout_s=j.timeout_s,
                                              retries=j.retries, max_workers=j.max_workers))
-    yield PromptJudge(client, _judge_tokenizer(ctx, j, checkpoint), v.judge_prompt,
-                      v.judge_max_tokens), True
+    yield PromptJudge(client, _judge_tokenizer(ctx, j, checkpoint), prompt, max_tokens)
 
 
 def _judge_tokenizer(ctx: RunContext, j: JudgeConfig, checkpoint: str):

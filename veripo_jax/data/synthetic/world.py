@@ -130,57 +130,60 @@ def _value(problem_type, problem, answer, reasoning, task):
               reasoning=reasoning, task=task)
 
 
+def conclude(answer) -> str:
+  """The closing sentence of every world reasoning: the chain's last state is the answer, stated
+  with the explicit cue the verifier's rule reads (`rl.verifier.stated_answer`)."""
+  return f"So the answer is {answer}."
+
+
 def ask_direction(rng, things: list[Thing], cfg: WorldConfig) -> dict:
   t = things[int(rng.integers(len(things)))]
   (x0, y0), (x1, y1) = t.position(t.appear), t.position(t.vanish - 1)
   axis, delta = ("x", x1 - x0) if t.direction in ("left", "right") else ("y", y1 - y0)
   options, letter = _lettered(rng, list(DIRECTIONS), t.direction)
   reasoning = (
-      f"Let me find the {t.name}. It first appears at frame {t.appear} at x={x0}, y={y0}. "
-      f"At its last visible frame {t.vanish - 1} it is at x={x1}, y={y1}. "
-      f"Its {axis} coordinate changes by {delta:+d} pixels while the other stays the same, "
-      f"so it moves {t.direction}. The option '{t.direction}' is {letter}.")
+      f"Let me track the {t.name}. Frame {t.appear}: x={x0}, y={y0}. Frame {t.vanish - 1}: "
+      f"x={x1}, y={y1}. {axis} changes by {delta:+d}, so it moves {t.direction}, option "
+      f"{letter}. {conclude(letter)}")
   return _mc(f"In which direction does the {t.name} move?", options, letter, reasoning,
              "direction")
 
 
 def ask_first_appearance(rng, things: list[Thing], cfg: WorldConfig) -> dict:
   ordered = sorted(things, key=lambda t: t.appear)
-  steps = " ".join(f"The {t.name} appears at frame {t.appear}." for t in ordered)
+  steps = " ".join(f"{t.name}: frame {t.appear}." for t in ordered)
   candidates = ordered[:4]
   first = candidates[0]
   if len(candidates) > 1 and candidates[1].appear == first.appear:
     return ask_count(rng, things, cfg)           # a tie has no single answer
   options, letter = _lettered(rng, [t.name for t in candidates], first.name)
-  reasoning = (f"Let me note when each shape first appears. {steps} The earliest is frame "
-               f"{first.appear}, the {first.name}, which is option {letter}.")
+  reasoning = (f"Let me note when each shape appears. {steps} The earliest is the "
+               f"{first.name}, option {letter}. {conclude(letter)}")
   return _mc("Which of these shapes appears first in the video?", options, letter, reasoning,
              "first_appearance")
 
 
 def ask_count(rng, things: list[Thing], cfg: WorldConfig) -> dict:
   ordered = sorted(things, key=lambda t: (t.appear, t.name))
-  steps = " ".join(f"At frame {t.appear} a {t.name} appears ({i} so far)."
-                   for i, t in enumerate(ordered, 1))
-  reasoning = (f"Let me go through the frames and count new shapes. {steps} "
-               f"No other shape appears, so {len(things)} shapes appear in total.")
+  steps = " ".join(f"{t.name}: {i}." for i, t in enumerate(ordered, 1))
+  reasoning = f"Let me count the shapes as they appear. {steps} {conclude(len(things))}"
   return _value("numerical", "How many different shapes appear in the video?", len(things),
                 reasoning, "count")
 
 
 def ask_visible_frames(rng, things: list[Thing], cfg: WorldConfig) -> dict:
   t = things[int(rng.integers(len(things)))]
-  reasoning = (f"Let me track the {t.name}. It is first visible at frame {t.appear} and last "
-               f"visible at frame {t.vanish - 1}, so it is visible for {t.vanish - 1} - "
-               f"{t.appear} + 1 = {t.frames_visible} frames.")
+  reasoning = (f"Let me track the {t.name}. First frame {t.appear}, last frame {t.vanish - 1}. "
+               f"{t.vanish - 1} - {t.appear} + 1 = {t.frames_visible}. "
+               f"{conclude(t.frames_visible)}")
   return _value("regression", f"For how many frames is the {t.name} visible?",
                 t.frames_visible, reasoning, "visible_frames")
 
 
 def ask_image_count(rng, things: list[Thing], cfg: WorldConfig) -> dict:
   ordered = sorted(things, key=lambda t: t.x)
-  steps = " ".join(f"A {t.name} at x={t.x} ({i} so far)." for i, t in enumerate(ordered, 1))
-  reasoning = f"Let me scan the image from left to right. {steps} So there are {len(things)}."
+  steps = " ".join(f"{t.name}: {i}." for i, t in enumerate(ordered, 1))
+  reasoning = f"Let me count from left to right. {steps} {conclude(len(things))}"
   return _value("numerical", "How many shapes are in the image?", len(things), reasoning,
                 "image_count")
 
@@ -190,8 +193,8 @@ def ask_image_color(rng, things: list[Thing], cfg: WorldConfig) -> dict:
   others = [c for c, _ in cfg.colors if c != t.color]
   picks = [others[i] for i in rng.choice(len(others), size=min(3, len(others)), replace=False)]
   options, letter = _lettered(rng, [t.color] + picks, t.color)
-  reasoning = (f"Let me find the {t.shape}. There is one {t.shape} in the image, at x={t.x}, "
-               f"y={t.y}, and it is {t.color}. The option '{t.color}' is {letter}.")
+  reasoning = (f"Let me find the {t.shape}. It is at x={t.x}, y={t.y} and it is {t.color}, "
+               f"option {letter}. {conclude(letter)}")
   return _mc(f"What color is the {t.shape}?", options, letter, reasoning, "image_color")
 
 
