@@ -2,21 +2,40 @@
 
 Runs the stages `config.stage_order` names, in order (`veripo_jax.rl.loop`);
 `--config.<field>=value` overrides any field; re-running with the same workdir resumes.
+
+Console: one line as each stage starts and ends, progress bars (plain lines every 30 s when
+stderr is not a terminal), and a summary table from `WORKDIR/report.json` at the end. Other
+libraries' INFO logs (JetStream, Orbax, TFDS, TensorFlow, grain, jax) are hidden; absl's standard
+verbosity flag brings them back:
+
+  -v -1   warnings and errors only
+  -v 0    the default: our INFO lines, other libraries' warnings and errors
+  -v 1    INFO from every library too (and JAX's "donated buffers" warning)
+  -v 2    DEBUG from everything (absl's usual -v 1)
+
+TF_CPP_MIN_LOG_LEVEL (2 by default, 0 at -v 1) and GRPC_VERBOSITY, if set, are left alone.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from veripo_jax import console
 
-from veripo_jax.parallel import multihost
-from veripo_jax.rl.loop import ConfigError, run
-from veripo_jax.rl.stage import Preempted
-from veripo_jax.train.compile_cache import enable_compilation_cache
+if __name__ == "__main__":
+  # Before TensorFlow / gRPC / XLA load: they read their log thresholds once.
+  console.quiet_native_logs(console.verbosity_from_argv(sys.argv))
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from veripo_jax.parallel import multihost  # noqa: E402
+from veripo_jax.rl.loop import ConfigError, run  # noqa: E402
+from veripo_jax.rl.stage import Preempted  # noqa: E402
+from veripo_jax.train.compile_cache import enable_compilation_cache  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml-collections config file.",
                                           lock_config=True)
@@ -30,6 +49,7 @@ __all__ = ["main", "run"]      # `run(cfg, workdir)` is the loop (veripo_jax.rl.
 
 def main(argv):
   del argv
+  console.setup_logging(flags.FLAGS.verbosity)
   cfg = _CONFIG.value
   if cfg is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required")
@@ -37,8 +57,9 @@ def main(argv):
     multihost.initialize()
   cache = enable_compilation_cache(cfg.get("compilation_cache_dir", ""), _WORKDIR.value)
   logging.info("compilation cache: %s", cache or "off")
+  start = time.monotonic()
   try:
-    summaries = run(cfg, _WORKDIR.value)
+    run(cfg, _WORKDIR.value)
   except ConfigError as e:
     raise app.UsageError(str(e)) from e
   except Preempted as e:
@@ -52,8 +73,9 @@ def main(argv):
       logging.flush()
       os._exit(1)
     raise
-  for name, summary in summaries.items():
-    print(f"{name}: {summary}")
+  if jax.process_index() == 0:
+    print(f"\nRun finished in {console.format_duration(time.monotonic() - start)}.\n"
+          f"{console.run_summary(_WORKDIR.value, cfg.stage_order)}", flush=True)
 
 
 if __name__ == "__main__":
