@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from veripo_jax.config_utils import from_config
+from veripo_jax.console import format_duration
 from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.tokenizer import model_config_overrides
 from veripo_jax.data.synthetic.world import WorldConfig
@@ -148,17 +150,22 @@ def run(cfg, workdir: str, guard: PreemptionGuard | None = None) -> dict[str, di
                      model_config=policy_config(cfg, policy_path, tokenizer),
                      tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, dataset_dir=dataset_dir,
                      writer=writer, guard=guard, rope_mode=cfg.model.rope_mode, seed=cfg.seed)
-    for name in cfg.stage_order:
+    for i, name in enumerate(cfg.stage_order, 1):
       stage = make_stage(ctx, cfg, name)
+      label = f"stage {i}/{len(cfg.stage_order)} {name} ({stage.kind})"
+      start = time.monotonic()
       if stage.is_done():
+        logging.info("%s: done in an earlier run", label)
         summaries[name] = stage.summary()
-      elif not stage.uses_policy:
-        summaries[name] = stage.run(None)
       else:
-        init = stage_init(cfg, name, policy_path, ctx)
-        logging.info("stage %s (%s): starting from %s", name, stage.kind,
-                     init or "a fresh model")
-        summaries[name] = stage.run(load_policy(cfg, init, ctx.model_config, mesh))
+        if not stage.uses_policy:
+          logging.info("%s: starting", label)
+          summaries[name] = stage.run(None)
+        else:
+          init = stage_init(cfg, name, policy_path, ctx)
+          logging.info("%s: starting from %s", label, init or "a fresh model")
+          summaries[name] = stage.run(load_policy(cfg, init, ctx.model_config, mesh))
+        logging.info("%s: finished in %s", label, format_duration(time.monotonic() - start))
       if cfg.stages[name].get("hands_off", stage.hands_off):
         policy_path = stage.policy_dir
     if jax.process_index() == 0:
