@@ -32,6 +32,7 @@ from veripo_jax.parallel.sharding import make_mesh, shard_model
 from veripo_jax.rl.dpo import DPOConfig, DPOStage
 from veripo_jax.rl.evaluate import EvalConfig, EvalStage
 from veripo_jax.rl.grpo import GRPOConfig, GRPOStage
+from veripo_jax.rl.judge_eval import JudgeEvalConfig, JudgeEvalStage
 from veripo_jax.rl.pairs import read_pairs
 from veripo_jax.rl.sft import SFTConfig, SFTStage
 from veripo_jax.rl.stage import RunContext, Stage
@@ -48,7 +49,8 @@ class ConfigError(ValueError):
 
 STAGE_KINDS = {"sft": (SFTConfig, SFTStage), "grpo": (GRPOConfig, GRPOStage),
                "dpo": (DPOConfig, DPOStage), "eval": (EvalConfig, EvalStage),
-               "verifier": (VerifierStageConfig, VerifierStage)}
+               "verifier": (VerifierStageConfig, VerifierStage),
+               "judge_eval": (JudgeEvalConfig, JudgeEvalStage)}
 # Fields of `config.stages.<name>` the loop reads itself (the rest go to the kind's config):
 #   init       where the stage's model starts: "" = the current policy, "fresh" = new weights,
 #              a stage name = that stage's exported policy, else a checkpoint directory;
