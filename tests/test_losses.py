@@ -11,7 +11,7 @@ from veripo_jax.rl.losses import LOSSES, get_loss
 # Jitted once per configuration and shape: far fewer compilations than op-by-op dispatch.
 grpo_loss = jax.jit(losses.grpo_loss, static_argnames=(
     "clip_eps", "clip_eps_high", "dual_clip", "kl_coef", "aggregation"))
-dpo_loss = jax.jit(losses.dpo_loss, static_argnames=("beta", "label_smoothing"))
+dpo_loss = jax.jit(losses.dpo_loss, static_argnames=("beta", "label_smoothing", "nll_coef"))
 sft_loss = jax.jit(losses.sft_loss, static_argnames=("aggregation",))
 group_advantages = jax.jit(losses.group_advantages, static_argnums=(1,),
                            static_argnames=("eps", "scale_by_std"))
@@ -245,6 +245,20 @@ def test_dpo_matches_formula(label_smoothing):
   # No mask = all valid.
   full = dpo_loss(f32(pw), f32(pl), f32(rw), f32(rl), beta=beta, label_smoothing=label_smoothing)
   assert value(full) == pytest.approx(per.mean(), rel=1e-5)
+
+
+def test_dpo_nll_term_is_the_chosen_per_token_nll():
+  rng = np.random.default_rng(3)
+  pw, pl, rw, rl = (rng.normal(-20.0, 5.0, 4) for _ in range(4))
+  tokens = np.array([10.0, 4.0, 7.0, 1.0])
+  valid = np.array([1, 1, 0, 1], np.float64)
+  plain = dpo_loss(f32(pw), f32(pl), f32(rw), f32(rl), f32(valid), beta=0.1)
+  rpo = dpo_loss(f32(pw), f32(pl), f32(rw), f32(rl), f32(valid), beta=0.1,
+                 chosen_tokens=f32(tokens), nll_coef=0.5)
+  extra = 0.5 * (-pw / tokens)
+  assert value(rpo) - value(plain) == pytest.approx((extra * valid).sum() / 3, rel=1e-4)
+  with pytest.raises(ValueError, match="chosen_tokens"):
+    losses.dpo_loss(f32(pw), f32(pl), f32(rw), f32(rl), nll_coef=0.5)
 
 
 def test_dpo_at_zero_margin_is_log2():

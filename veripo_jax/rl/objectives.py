@@ -62,14 +62,17 @@ class GRPOObjective:
 class DPOObjective:
   beta: float = 0.1
   label_smoothing: float = 0.0
+  nll_coef: float = 0.0           # > 0: RPO's per-token NLL on the chosen response
   remat: bool = False
 
   def __call__(self, model, batch: DPOBatch) -> LossTerms:
     logp, _ = response_logprobs(model, batch.sequences, remat=self.remat)
     seq = sequence_logprob(logp, batch.sequences.loss_mask)
     p = seq.shape[0] // 2
+    tokens = batch.sequences.loss_mask[:p].astype(jnp.float32).sum(-1)
     return dpo_loss(seq[:p], seq[p:], batch.ref_logp[:p], batch.ref_logp[p:], batch.valid,
-                    beta=self.beta, label_smoothing=self.label_smoothing)
+                    beta=self.beta, label_smoothing=self.label_smoothing,
+                    chosen_tokens=tokens, nll_coef=self.nll_coef)
 
 
 @dataclasses.dataclass(frozen=True)
