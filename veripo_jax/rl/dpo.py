@@ -1,9 +1,15 @@
 """The DPO stage: sigmoid DPO on stored preference pairs against the start-of-stage policy.
 
 Each step reads `data.batch_size` pairs per host; chosen and rejected share one encoding of the
-prompt's video. Reference sequence log-probs come from a frozen copy of the stage's input
-policy, computed per batch (the input policy is also what a resumed run starts from, so the
-reference survives restarts without being checkpointed).
+prompt's video (with a frozen vision tower, one encoding per batch serves the reference pass
+and the update). Reference sequence log-probs come from a frozen copy of the stage's input
+policy: computed the first time a pair reaches a step and kept on the host by pair index, so
+later epochs skip the reference forward. The input policy is also what a resumed run starts
+from, so a resumed stage recomputes the same values and nothing extra is checkpointed.
+
+Cost metrics per step: `time/sample_s` (seconds per pair, from `Stage.run_steps`),
+`time/sequence_s` (seconds per trained sequence: chosen and rejected count one each) and
+`time/reference_s` (the reference forward's share of the step).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import time
 
 import jax
 import numpy as np
@@ -21,7 +28,7 @@ from veripo_jax.rl.objectives import DPOBatch, DPOObjective, SequenceLogprobs
 from veripo_jax.rl.pair_data import pair_loader
 from veripo_jax.rl.pairs import Pair
 from veripo_jax.rl.sequences import SequenceBuilder
-from veripo_jax.rl.stage import DataConfig, RunContext, Stage, sequence_builder
+from veripo_jax.rl.stage import DataConfig, RunContext, Stage
 from veripo_jax.train.learner import Learner
 from veripo_jax.train.optimizer import OptimizerConfig
 
@@ -43,16 +50,97 @@ class DPOConfig:
 
 
 def dpo_micro_batches(builder: SequenceBuilder, batch: dict, micro_batch: int) -> list[dict]:
-  """Host-side (sequences, valid) per micro-batch: rows = chosen of each pair, then rejected."""
+  """Host-side (sequences, valid, pair_index) per micro-batch: rows = chosen of each pair, then
+  rejected."""
   k = len(batch["input_ids"])
+  index = np.asarray(batch.get("pair_index", np.full(k, -1)), np.int64)
   out = []
   for i in range(0, k, micro_batch):
     rows = np.arange(i, min(k, i + micro_batch))
     idx = np.concatenate([rows, rows + k])
     seq = builder(rows, np.concatenate([np.arange(len(rows))] * 2), batch["responses"][idx],
                   batch["response_lengths"][idx])
-    out.append({"sequences": seq, "valid": np.asarray(batch["example_mask"])[rows]})
+    out.append({"sequences": seq, "valid": np.asarray(batch["example_mask"])[rows],
+                "pair_index": index[rows]})
   return out
+
+
+def dpo_sequence_builder(ctx: RunContext, learner: Learner, batch: dict, data: DataConfig
+                         ) -> SequenceBuilder:
+  """A batch's sequence builder: vision features shared when the tower is frozen, and vision
+  inputs padded to the data's patch buckets (few compiled shapes)."""
+  frozen_vision = not learner.trains(r"^visual\.")
+  return SequenceBuilder(ctx.model_config, batch, response_buckets=data.response_buckets,
+                         rope_mode=ctx.rope_mode, learner=learner if frozen_vision else None,
+                         patch_buckets=data.patch_buckets)
+
+
+class ReferenceLogprobs:
+  """Reference sequence log-probs (chosen, rejected) by pair index, kept on the host.
+
+  A micro-batch holding a pair not seen yet runs the reference forward once (on the whole
+  micro-batch, so shapes stay those of the update) and keeps the new pairs' values; pairs seen
+  before keep their first values. `sequences` and `seconds` count the forward's cost.
+  """
+
+  def __init__(self, num_pairs: int, params):
+    self.params = params
+    self.values = np.zeros((num_pairs, 2), np.float32)
+    self.known = np.zeros(num_pairs, bool)
+    self.sequences = 0
+    self.seconds = 0.0
+
+  def __call__(self, learner: Learner, micro: dict) -> np.ndarray:
+    """(2P,) reference log-probs of `micro`'s pairs, chosen first; 0 on filler rows."""
+    index = np.asarray(micro["pair_index"], np.int64)
+    live = index >= 0
+    slot = np.maximum(index, 0)
+    new = live & ~self.known[slot]
+    if new.any():
+      start = time.perf_counter()
+      ref = to_host(learner.evaluate(SequenceLogprobs(), micro["sequences"],
+                                     params=self.params)).sum(-1)
+      p = len(index)
+      self.values[index[new]] = np.stack([ref[:p], ref[p:]], 1)[new]
+      self.known[index[new]] = True
+      self.sequences += len(ref)
+      self.seconds += time.perf_counter() - start
+    values = np.where(live[:, None], self.values[slot], 0.0).astype(np.float32)
+    return np.concatenate([values[:, 0], values[:, 1]])
+
+
+class _TimedLoader:
+  """The stage's loader, noting when each batch was asked for (a step's start)."""
+
+  def __init__(self, loader):
+    self.loader = loader
+    self.started = time.perf_counter()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    self.started = time.perf_counter()
+    return next(self.loader)
+
+  @property
+  def skipped(self) -> dict[str, int]:
+    return self.loader.skipped
+
+  def get_state(self) -> dict:
+    return self.loader.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self.loader.set_state(state)
+
+
+def seconds_per_sequence(steps: list[tuple[float, int]]) -> float | None:
+  """Wall seconds per trained sequence over (seconds, sequences) steps, without the first
+  (compilation) when there are more than 2, as the run report averages stage times."""
+  if len(steps) > 2:
+    steps = steps[1:]
+  sequences = sum(n for _, n in steps)
+  return sum(s for s, _ in steps) / sequences if sequences else None
 
 
 class DPOStage(Stage):
@@ -72,26 +160,36 @@ class DPOStage(Stage):
     total = cfg.steps(len(self.pairs))
     learner = Learner(model, dataclasses.replace(cfg.optimizer, total_steps=total), ctx.mesh,
                       rules=ctx.rules, frozen=cfg.frozen)
-    reference = learner.snapshot()
+    reference = ReferenceLogprobs(len(self.pairs), learner.snapshot())
     v = ctx.model_config.vision
-    loader = pair_loader(self.pairs, ctx.data_dir(cfg.data), cfg.data.split, ctx.loader_config(
-        cfg.data), merge_size=v.spatial_merge_size, patch_dim=v.patch_dim,
+    loader = _TimedLoader(pair_loader(
+        self.pairs, ctx.data_dir(cfg.data), cfg.data.split, ctx.loader_config(cfg.data),
+        merge_size=v.spatial_merge_size, patch_dim=v.patch_dim,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        gather_hosts=jax.process_count() > 1)
+        gather_hosts=jax.process_count() > 1))
     extras = self.restore(learner)
     if extras is not None:
       loader.set_state(extras["loader"])
+    timings = []
 
     def step_fn(batch):
-      builder = sequence_builder(ctx, learner, batch, cfg.data.response_buckets)
-      micro = []
-      for m in dpo_micro_batches(builder, batch, cfg.micro_batch):
-        ref = to_host(learner.evaluate(SequenceLogprobs(), m["sequences"], params=reference))
-        micro.append(DPOBatch(sequences=m["sequences"], ref_logp=ref.sum(-1),
-                              valid=m["valid"]))
-      return learner.step(cfg.objective, micro)
+      ref_before = reference.seconds
+      builder = dpo_sequence_builder(ctx, learner, batch, cfg.data)
+      micro = [DPOBatch(sequences=m["sequences"], ref_logp=reference(learner, m),
+                        valid=m["valid"])
+               for m in dpo_micro_batches(builder, batch, cfg.micro_batch)]
+      metrics = learner.step(cfg.objective, micro)
+      seconds = time.perf_counter() - loader.started
+      sequences = 2 * int(np.sum(batch["example_mask"]))
+      timings.append((seconds, sequences))
+      ctx.writer.write(self.name, int(learner.state.step), {
+          "time/sequence_s": seconds / max(1, sequences),
+          "time/reference_s": reference.seconds - ref_before})
+      return metrics
 
     metrics = self.run_steps(learner, loader, total, cfg.save_every_steps, step_fn)
     families = dict(collections.Counter(p.family for p in self.pairs))
-    return self.finish(learner.model(), {"steps": total, "pairs": len(self.pairs),
-                                         "pair_families": families, "last": metrics})
+    return self.finish(learner.model(), {
+        "steps": total, "pairs": len(self.pairs), "pair_families": families, "last": metrics,
+        "seconds_per_sequence": seconds_per_sequence(timings),
+        "reference_s": reference.seconds, "reference_sequences": reference.sequences})

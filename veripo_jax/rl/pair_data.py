@@ -1,7 +1,9 @@
 """The Grain pipeline that turns stored preference pairs into DPO batches.
 
 Each pair's prompt example is re-read by `source_index` and encoded like a rollout prompt; the
-chosen and rejected responses share that one encoding.
+chosen and rejected responses share that one encoding. Every batch carries `pair_index` (the
+pair's position in the stage's pair list, -1 on filler rows), which keys per-pair values the
+stage keeps across epochs (the reference log-probs).
 """
 
 from __future__ import annotations
@@ -12,24 +14,39 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from veripo_jax.data.batching import Collator
+from veripo_jax.data.batching import Collator, bucket
 from veripo_jax.data.datasets import data_source
 from veripo_jax.data.loader import (ExampleProcessor, Loader, LoaderConfig, batch_pipeline,
                                    collator)
 from veripo_jax.rl.pairs import Pair
 
 
+class IndexedPairs(Sequence):
+  """The pairs as (index, pair): the index survives Grain's shuffle, shard and repeat."""
+
+  def __init__(self, pairs: Sequence[Pair]):
+    self.pairs = list(pairs)
+
+  def __len__(self) -> int:
+    return len(self.pairs)
+
+  def __getitem__(self, i: int) -> tuple[int, Pair]:
+    return int(i), self.pairs[i]
+
+
 class PairProcessor(grain.transforms.Map):
-  """Pair -> the encoded prompt example plus its two responses (or a skip marker)."""
+  """(index, pair) -> the encoded prompt example plus its two responses (or a skip marker)."""
 
   def __init__(self, source, examples: ExampleProcessor):
     self._source = source
     self._examples = examples
 
-  def map(self, pair: Pair) -> dict:
+  def map(self, element: tuple[int, Pair]) -> dict:
+    index, pair = element
     example = self._examples.map({**self._source[pair.source_index],
                                   "source_index": pair.source_index})
     if "skipped" not in example:
+      example["pair_index"] = index
       example["chosen"] = np.asarray(pair.chosen_tokens, np.int32)
       example["rejected"] = np.asarray(pair.rejected_tokens, np.int32)
     return example
@@ -37,7 +54,11 @@ class PairProcessor(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class PairCollator:
-  """K pair examples -> prompt batch (K rows) + responses (2K rows: chosen, then rejected)."""
+  """K pair examples -> prompt batch (K rows) + responses (2K rows: chosen, then rejected).
+
+  Responses are padded to the smallest response bucket that holds the batch's longest one, as
+  prompts and patches are, so batch shapes take a few values rather than one per batch.
+  """
   prompts: Collator
 
   def __call__(self, examples: list[dict]) -> dict:
@@ -47,12 +68,13 @@ class PairCollator:
     pad = k - len(examples)          # filler rows (drop_remainder=False) get empty responses
     responses = responses[:len(examples)] + [np.zeros(0, np.int32)] * pad + \
         responses[len(examples):] + [np.zeros(0, np.int32)] * pad
-    width = max(1, max(len(r) for r in responses))
+    width = bucket(max(1, max(len(r) for r in responses)), self.prompts.spec.response_buckets)
     tokens = np.full((2 * k, width), self.prompts.ids.pad, np.int32)
     for i, r in enumerate(responses):
       tokens[i, :len(r)] = r
     batch["responses"] = tokens
     batch["response_lengths"] = np.array([len(r) for r in responses], np.int64)
+    batch["pair_index"] = np.array([e["pair_index"] for e in examples] + [-1] * pad, np.int64)
     return batch
 
 
@@ -61,7 +83,7 @@ def pair_loader(pairs: Sequence[Pair], dataset_dir: str, split: str, config: Loa
                 process_count: int = 1, gather_hosts: bool = False) -> Loader:
   """Shuffled (seeded), repeated DPO batches of `config.batch.batch_size` pairs per host."""
   transform = PairProcessor(data_source(dataset_dir, split), ExampleProcessor(config, merge_size))
-  return Loader(batch_pipeline(grain.MapDataset.source(list(pairs)), transform,
+  return Loader(batch_pipeline(grain.MapDataset.source(IndexedPairs(pairs)), transform,
                                PairCollator(collator(config, merge_size, patch_dim)), config,
                                process_index=process_index, process_count=process_count,
                                gather_hosts=gather_hosts))

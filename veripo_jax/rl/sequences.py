@@ -20,6 +20,7 @@ from flax import struct
 from veripo_jax.data.batching import bucket
 from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from veripo_jax.models.qwen2_5_vl.model import ModelInputs, Qwen25VL, prepare_inputs
+from veripo_jax.models.qwen2_5_vl.vision_index import Segments, VisionInputs
 from veripo_jax.rl.losses import token_logprobs
 
 # Prompt-batch fields with one row per prompt (the loader's `Collator` output).
@@ -155,6 +156,48 @@ def split_supervised(batch: Mapping[str, Any]) -> tuple[dict, np.ndarray, np.nda
   return prompts, np.asarray(batch["input_ids"])[:, width:], lengths
 
 
+def _pow2(n: int) -> int:
+  return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _pad_segments(seg: Segments, num_tokens: int, num_segments: int, length: int) -> Segments:
+  """Segments padded to (num_segments, length) and num_tokens; slots re-addressed."""
+  s, l = seg.gather.shape
+  gather = np.zeros((num_segments, length), np.int32)
+  valid = np.zeros((num_segments, length), bool)
+  gather[:s, :l], valid[:s, :l] = seg.gather, seg.valid
+  slot = np.asarray(seg.scatter, np.int64)
+  scatter = np.zeros(num_tokens, np.int32)       # padding patches read slot 0, as before
+  scatter[:len(slot)] = (slot // l) * length + slot % l
+  return Segments(gather=gather, valid=valid, scatter=scatter)
+
+
+def coarsen_vision(vision: VisionInputs, patch_buckets: Sequence[int], merge_size: int
+                   ) -> VisionInputs:
+  """Vision inputs padded to the loader's patch buckets and power-of-two segment tables.
+
+  `prepare_vision` rounds to fine buckets (at most 25% padding), so almost every new mix of
+  videos and images in a batch is a new shape and a new compilation of the whole train step.
+  Here patches take the loader's few patch buckets, segment counts and the full-attention
+  segment length powers of two; added patches are zero rows no segment reads, and their merged
+  tokens land past the real features, so the real features are unchanged.
+  """
+  m2 = merge_size ** 2
+  n = vision.pixel_values.shape[0]
+  target = bucket(n, patch_buckets)
+  target += -target % m2
+  extra = np.arange(n // m2, target // m2, dtype=np.int32)
+  rows = ((0, target - n), (0, 0))
+  window, full = vision.window, vision.full
+  return VisionInputs(
+      pixel_values=np.pad(np.asarray(vision.pixel_values), rows),
+      rotary_pos=np.pad(np.asarray(vision.rotary_pos), rows),
+      window_order=np.concatenate([vision.window_order, extra]).astype(np.int32),
+      restore_order=np.concatenate([vision.restore_order, extra]).astype(np.int32),
+      window=_pad_segments(window, target, _pow2(window.gather.shape[0]), window.gather.shape[1]),
+      full=_pad_segments(full, target, _pow2(full.gather.shape[0]), _pow2(full.gather.shape[1])))
+
+
 def encode_vision(model: Qwen25VL, batch: Mapping[str, Any]) -> jax.Array:
   """The vision tower's features for `batch["vision"]` (a `Learner.evaluate` function)."""
   return model.visual(batch["vision"])
@@ -164,20 +207,31 @@ class SequenceBuilder:
   """Training sequences for one prompt batch, with bucketed response widths.
 
   With a frozen vision tower (`learner` given), the batch's features are computed once here
-  and every micro-batch gathers from them, so update shapes no longer depend on which prompts
-  a micro-batch holds. Otherwise each micro-batch carries its own prompts' vision inputs.
+  and every micro-batch gathers from them (the policy's update and any reference pass alike),
+  so update shapes no longer depend on which prompts a micro-batch holds. Otherwise each
+  micro-batch carries its own prompts' vision inputs. With `patch_buckets`, vision inputs are
+  padded to those buckets (`coarsen_vision`), so a stage compiles a few programs, not one for
+  every mix of media.
   """
 
   def __init__(self, config: Qwen25VLConfig, prompts: Mapping[str, Any], *,
-               response_buckets: Sequence[int], rope_mode: str = "legacy", learner=None):
+               response_buckets: Sequence[int], rope_mode: str = "legacy", learner=None,
+               patch_buckets: Sequence[int] | None = None):
     self.config, self.prompts = config, prompts
     self.response_buckets = tuple(response_buckets)
+    self.patch_buckets = None if patch_buckets is None else tuple(patch_buckets)
     self.rope_mode = rope_mode
     self.inputs, self.features = None, None
     if learner is not None:
-      self.inputs = prompt_inputs(config, prompts, rope_mode=rope_mode)
+      self.inputs = self._coarse(prompt_inputs(config, prompts, rope_mode=rope_mode))
       if self.inputs.vision is not None:
         self.features = learner.evaluate(encode_vision, {"vision": self.inputs.vision})
+
+  def _coarse(self, inputs: ModelInputs) -> ModelInputs:
+    if self.patch_buckets is None or inputs.vision is None:
+      return inputs
+    return inputs.replace(vision=coarsen_vision(inputs.vision, self.patch_buckets,
+                                                self.config.vision.spatial_merge_size))
 
   def __call__(self, rows: Sequence[int], owner: Sequence[int], responses: np.ndarray,
                lengths: Sequence[int]) -> SequenceBatch:
@@ -192,5 +246,6 @@ class SequenceBuilder:
       return build_sequences(self.config, self.prompts, rows[owner], padded, lengths,
                              rope_mode=self.rope_mode, inputs=self.inputs,
                              vision_features=self.features)
-    return build_sequences(self.config, select_prompts(self.prompts, rows), owner, padded,
-                           lengths, rope_mode=self.rope_mode)
+    seq = build_sequences(self.config, select_prompts(self.prompts, rows), owner, padded,
+                          lengths, rope_mode=self.rope_mode)
+    return seq.replace(inputs=self._coarse(seq.inputs))
