@@ -9,6 +9,9 @@ import pytest
 from veripo_jax.rl import loop
 from veripo_jax.config_utils import from_config, load_config_file
 from veripo_jax.data.batching import BatchSpec
+from veripo_jax.data.synthetic.build import build_world
+from veripo_jax.data.synthetic.world import WorldConfig
+from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.rl.stage import DataConfig, RunContext
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -84,6 +87,17 @@ def test_references_point_to_earlier_stages(config):
       source = stages[verifier.rollouts_from][1].data
       assert (stage.data.split, stage.data.dataset_dir, stage.data.template, stage.data.vision
               ) == (source.split, source.dataset_dir, source.template, source.vision), name
+    if kind == "judge_eval":
+      for ref in stage.evals:
+        earlier(name, ref, ("eval",), "evals")
+      if stage.judge.from_stage:
+        judge = earlier(name, stage.judge.from_stage, ("sft",), "judge.from_stage")
+        # Independent: no verifier builds pairs with it, and it learned from other examples.
+        for other, (other_kind, other_stage) in stages.items():
+          if other_kind == "verifier" and other_stage.judge.from_stage:
+            assert other_stage.judge.from_stage != stage.judge.from_stage, (name, other)
+            training = stages[other_stage.judge.from_stage][1].data
+            assert (training.split, training.seed) != (judge.data.split, judge.data.seed)
     if kind == "grpo":
       for ref in stage.discard_from:
         verifier = earlier(name, ref, ("verifier",), "discard_from")
@@ -177,3 +191,26 @@ def test_a_stage_dataset_dir_overrides_the_runs():
                    dataset_dir="/run", writer=None, guard=None)
   assert ctx.data_dir(DataConfig()) == "/run"
   assert ctx.data_dir(DataConfig(dataset_dir="/eval")) == "/eval"
+
+
+def test_a_stage_model_of_its_own_needs_a_fresh_start(tmp_path):
+  cfg = load(TINY)
+  tokenizer = _world_tokenizer(tmp_path)
+  ctx = RunContext(workdir=str(tmp_path), mesh=None,
+                   model_config=loop.policy_config(cfg, "", tokenizer), tokenizer=tokenizer,
+                   tokenizer_dir="", dataset_dir="", writer=None, guard=None)
+  judge = loop.stage_model_config(cfg, "judge", "", ctx)
+  assert judge.text.hidden_size == 64 < ctx.model_config.text.hidden_size
+  assert judge.video_token_id == ctx.model_config.video_token_id     # fitted to the tokenizer
+  assert loop.stage_model_config(cfg, "sft", "", ctx) is ctx.model_config
+  with pytest.raises(loop.ConfigError, match=r"stages.judge.model: .*init='fresh'"):
+    loop.stage_model_config(cfg, "judge", "/some/checkpoint", ctx)
+  cfg.stages.judge.model.txt = {}
+  with pytest.raises(loop.ConfigError, match=r"stages.judge.model: unknown field\(s\) \['txt'\]"):
+    loop.stage_model_config(cfg, "judge", "", ctx)
+
+
+def _world_tokenizer(tmp_path):
+  paths = build_world(tmp_path / "world", seed=0, split_sizes={"train": 1},
+                      world=WorldConfig(tokenizer_corpus_examples=50))
+  return load_tokenizer(paths.tokenizer_dir)

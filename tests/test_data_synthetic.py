@@ -8,11 +8,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from veripo_jax.data.datasets import data_source
 from veripo_jax.data.prompts import get_templates
 from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.render import render_media
+from veripo_jax.data.synthetic.teacher import teacher_reasoning
 from veripo_jax.data.synthetic.tokenizer import (QWEN_SPECIAL_TOKENS, TAG_TOKENS,
                                                  model_config_overrides)
 from veripo_jax.data.synthetic.world import WorldConfig, make_example
@@ -65,6 +67,7 @@ def test_examples_cover_types_levels_and_tasks():
       assert any(o.startswith(r["answer"] + ". ") for o in r["options"])
     if r["data_type"] == "text":
       assert r["problem"].startswith("A video has 8 frames")
+      assert r["problem"].count("px per frame") == r["problem"].count(":") >= 1
 
 
 def test_gold_answers_match_rendered_video():
@@ -139,3 +142,30 @@ def test_cli_builds_world_and_question_files(tmp_path):
              "--name=mine")
   assert "train: 1 examples" in out and len(data_source(out.split("dataset: ")[1].strip(),
                                                          "train")) == 1
+
+
+def test_teacher_lapses_are_seeded_and_unsupported():
+  cfg = WorldConfig(unsupported_conclusion_share=0.2, unfinished_reasoning_share=0.1)
+  kinds = collections.Counter()
+  for index in range(400):
+    record = make_example(cfg, 0, "train", index)[0]
+    reasoning = teacher_reasoning(record, cfg, 0, "train", index)
+    assert reasoning == teacher_reasoning(record, cfg, 0, "train", index)
+    verdict = rule_consistent(reasoning, record["answer"], record["options"])
+    if reasoning == record["reasoning"]:
+      kinds["kept"] += 1
+      assert verdict is True
+    elif verdict is None:                      # stops after its opening sentence
+      kinds["unfinished"] += 1
+      assert record["reasoning"].startswith(reasoning)
+    else:                                      # concludes another answer, the tag stays gold
+      kinds["unsupported"] += 1
+      assert verdict is False and reasoning.rsplit(" ", 1)[0] == \
+          record["reasoning"].rsplit(" ", 1)[0]
+  assert abs(kinds["unsupported"] / 400 - 0.2) < 0.06
+  assert abs(kinds["unfinished"] / 400 - 0.1) < 0.05
+  plain = WorldConfig()
+  record = make_example(plain, 0, "train", 3)[0]
+  assert teacher_reasoning(record, plain, 0, "train", 3) == record["reasoning"]
+  with pytest.raises(ValueError, match="sum to at most 1"):
+    WorldConfig(unsupported_conclusion_share=0.7, unfinished_reasoning_share=0.4)

@@ -11,6 +11,7 @@ from veripo_jax.data.datasets import QABuilder
 from veripo_jax.data.prompts import JUDGE_PROMPT, QWEN_VL_CHAT_TEMPLATE, TEMPLATES
 from veripo_jax.data.synthetic.judge import is_judge_split, make_judge_example
 from veripo_jax.data.synthetic.render import render_media
+from veripo_jax.data.synthetic.teacher import teacher_reasoning
 from veripo_jax.data.synthetic.tokenizer import build_tokenizer, save_tokenizer
 from veripo_jax.data.synthetic.world import WorldConfig, make_example
 
@@ -39,6 +40,7 @@ class SyntheticWorldBuilder(QABuilder):
         yield record["id"], record, b""
         continue
       record, things = make_example(self._world, self._seed, split, index)
+      record["reasoning"] = teacher_reasoning(record, self._world, self._seed, split, index)
       yield record["id"], record, render_media(record["data_type"], things, self._world)
 
 

@@ -36,7 +36,7 @@ def is_judge_split(split: str) -> bool:
   return split.startswith(JUDGE_SPLIT_PREFIX)
 
 
-def _candidates(record: dict) -> list[str]:
+def candidates(record: dict) -> list[str]:
   """Answers a reasoning about this question could reach: option letters (at least A-D, so a
   one-option question has wrong letters too), or nearby non-negative numbers."""
   if record["problem_type"] == "multiple choice":
@@ -76,16 +76,16 @@ def make_judge_example(world: WorldConfig, seed: int, split: str, index: int,
   """One text-only record whose `problem` is the rendered judge prompt and `answer` Yes/No."""
   base, _ = make_example(world, seed, f"{split}/question", index)
   rng = example_rng(seed, split, index)
-  gold, candidates = base["answer"], _candidates(base)
+  gold, options = base["answer"], candidates(base)
   pick = lambda values: values[int(rng.integers(len(values)))]
   if rng.random() < no_conclusion_share:
-    reasoning, answer, consistent = opening(base["reasoning"]), pick(candidates), False
+    reasoning, answer, consistent = opening(base["reasoning"]), pick(options), False
     think = f"The reasoning concludes nothing. The final answer is {answer} {NO}."
   else:
-    stated = gold if rng.random() < 0.5 else pick([c for c in candidates if c != gold])
+    stated = gold if rng.random() < 0.5 else pick([c for c in options if c != gold])
     reasoning = restate(base["reasoning"], gold, stated)
     consistent = bool(rng.random() < 0.5)
-    answer = stated if consistent else pick([c for c in candidates if c != stated])
+    answer = stated if consistent else pick([c for c in options if c != stated])
     think = (f"The reasoning concludes {stated} {YES}. The final answer is {answer} "
              f"{YES if consistent else NO}.")
   return dict(id=f"{split}-{index}", data_type="text", difficulty=base["difficulty"],

@@ -44,6 +44,10 @@ class WorldConfig:
   tokenizer_vocab_size: int = 1024
   tokenizer_corpus_examples: int = 3000
   tokenizer_template_weight: int = 50   # copies of each prompt template in the BPE corpus
+  # The warm-start teacher's lapses (`teacher.py`): shares of the question examples whose
+  # reasoning concludes another answer than the (correct) answer tag, or stops before concluding.
+  unsupported_conclusion_share: float = 0.0
+  unfinished_reasoning_share: float = 0.0
 
   def __post_init__(self):
     if self.max_speed * (self.num_frames - 1) + self.shape_size >= min(self.width, self.height):
@@ -51,6 +55,10 @@ class WorldConfig:
                        f"in the {self.width}x{self.height} frame")
     if self.num_frames < 2:
       raise ValueError("WorldConfig.num_frames must be at least 2")
+    lapses = (self.unsupported_conclusion_share, self.unfinished_reasoning_share)
+    if min(lapses) < 0 or sum(lapses) > 1:
+      raise ValueError("WorldConfig: unsupported_conclusion_share and unfinished_reasoning_share "
+                       f"must be >= 0 and sum to at most 1; got {lapses}")
 
   @property
   def levels(self) -> int:
@@ -206,13 +214,13 @@ QUESTIONS = {
 
 
 def describe(things: list[Thing], cfg: WorldConfig) -> str:
-  """The scene as text, for the text-only variant of a video question."""
-  lines = [f"A video has {cfg.num_frames} frames (numbered from 0) of size "
-           f"{cfg.width}x{cfg.height}; x grows to the right and y grows downwards."]
+  """The scene as text, for the text-only variant of a video question: one short line per shape,
+  so a described scene costs about as many tokens as its rendered clip."""
+  lines = [f"A video has {cfg.num_frames} frames, 0 to {cfg.num_frames - 1}; x grows rightwards "
+           "and y downwards."]
   for t in things:
-    lines.append(f"A {t.name} is visible from frame {t.appear} to frame {t.vanish - 1}; "
-                 f"at frame {t.appear} it is at x={t.x}, y={t.y}, and it moves {t.speed} "
-                 f"pixels per frame to the {t.direction}.")
+    lines.append(f"{t.name}: frames {t.appear} to {t.vanish - 1}, from x={t.x}, y={t.y}, "
+                 f"{t.speed} px per frame {t.direction}.")
   return "\n".join(lines)
 
 
