@@ -56,8 +56,9 @@ STAGE_KINDS = {"sft": (SFTConfig, SFTStage), "grpo": (GRPOConfig, GRPOStage),
 #              a stage name = that stage's exported policy, else a checkpoint directory;
 #   hands_off  whether the stage's exported policy becomes the current policy (default: the
 #              kind's; a judge trained by an sft stage sets False);
-#   pairs      (dpo) a verifier stage's name, or a pairs.jsonl path.
-RUNNER_FIELDS = ("kind", "init", "hands_off", "pairs")
+#   pairs      (dpo) a verifier stage's name, or a pairs.jsonl path;
+#   model      (init="fresh") the stage model's own preset/text/vision, e.g. a smaller judge.
+RUNNER_FIELDS = ("kind", "init", "hands_off", "pairs", "model")
 
 
 def prepare_data(cfg, workdir: str) -> tuple[str, str]:
@@ -79,18 +80,36 @@ def prepare_data(cfg, workdir: str) -> tuple[str, str]:
   return cfg.data.tokenizer_dir, cfg.data.dataset_dir
 
 
-def policy_config(cfg, path: str, tokenizer) -> Qwen25VLConfig:
-  """The policy's architecture: a checkpoint's config.json, else the preset fitted to the tokenizer.
-  """
+def policy_config(cfg, path: str, tokenizer, model=None, where: str = "config.model"
+                  ) -> Qwen25VLConfig:
+  """The policy's architecture: a checkpoint's config.json, else the preset fitted to the tokenizer,
+  its `text` and `vision` fields replaced by those of `model` (default: `config.model`)."""
   if path:
     return from_hf_config(path)
-  base = get_preset(cfg.model.preset)
+  model = cfg.model if model is None else model
+  base = get_preset(model.get("preset", cfg.model.preset))
   base = dataclasses.replace(
-      base, text=from_config(type(base.text), {**dataclasses.asdict(base.text), **cfg.model.text},
-                             "config.model.text"),
+      base, text=from_config(type(base.text), {**dataclasses.asdict(base.text),
+                                               **model.get("text", {})}, f"{where}.text"),
       vision=from_config(type(base.vision), {**dataclasses.asdict(base.vision),
-                                             **cfg.model.vision}, "config.model.vision"))
+                                             **model.get("vision", {})}, f"{where}.vision"))
   return dataclasses.replace(base, **model_config_overrides(tokenizer, base))
+
+
+def stage_model_config(cfg, name: str, init: str, ctx: RunContext):
+  """A stage's own architecture (`stages.<name>.model`: preset/text/vision, e.g. a smaller
+  judge) for a fresh model; otherwise the run's."""
+  model = cfg.stages[name].get("model")
+  if not model:
+    return ctx.model_config
+  if init:
+    raise ConfigError(f"config.stages.{name}.model: an architecture of its own needs "
+                      f"init='fresh' (the stage starts from {init})")
+  unknown = sorted(set(model) - {"preset", "text", "vision"})
+  if unknown:
+    raise ConfigError(f"config.stages.{name}.model: unknown field(s) {unknown}; known: "
+                      "['preset', 'text', 'vision']")
+  return policy_config(cfg, "", ctx.tokenizer, model, f"config.stages.{name}.model")
 
 
 def load_policy(cfg, path: str, config: Qwen25VLConfig, mesh) -> Qwen25VL:
@@ -166,7 +185,8 @@ def run(cfg, workdir: str, guard: PreemptionGuard | None = None) -> dict[str, di
         else:
           init = stage_init(cfg, name, policy_path, ctx)
           logging.info("%s: starting from %s", label, init or "a fresh model")
-          summaries[name] = stage.run(load_policy(cfg, init, ctx.model_config, mesh))
+          config = stage_model_config(cfg, name, init, ctx)
+          summaries[name] = stage.run(load_policy(cfg, init, config, mesh))
         logging.info("%s: finished in %s", label, format_duration(time.monotonic() - start))
       if cfg.stages[name].get("hands_off", stage.hands_off):
         policy_path = stage.policy_dir
