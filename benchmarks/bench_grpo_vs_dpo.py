@@ -37,7 +37,7 @@ from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.data.vision import VisionSettings
 from veripo_jax.models.qwen2_5_vl import Qwen25VL, get_preset
 from veripo_jax.parallel.sharding import make_mesh, shard_model
-from veripo_jax.rl.dpo import ReferenceLogprobs, dpo_micro_batches, dpo_sequence_builder
+from veripo_jax.rl.dpo import ReferenceLogprobs, dpo_micro_batches
 from veripo_jax.rl.grpo import micro_batches, update_plan
 from veripo_jax.rl.objectives import DPOBatch, DPOObjective, GRPOObjective
 from veripo_jax.rl.pair_data import pair_loader
@@ -109,7 +109,7 @@ def main():
                                 pad_token_id=ctx.model_config.pad_token_id, mesh=ctx.mesh)
     generate_s = time.perf_counter() - start
     plan = update_plan(np.arange(args.prompts), args.grpo_batch // g, 0, r)
-    builder = sequence_builder(ctx, learner, prompts, data.response_buckets)
+    builder = sequence_builder(ctx, learner, prompts, data)
     update_s = 0.0
     for step in plan:
       batches = micro_batches(builder, rollouts, step, args.grpo_batch // g)
@@ -139,7 +139,7 @@ def main():
   def dpo_step(pair_batches, reference: ReferenceLogprobs) -> float:
     start = time.perf_counter()
     batch = next(pair_batches)
-    builder = dpo_sequence_builder(ctx, dpo_learner, batch, dpo_data)
+    builder = sequence_builder(ctx, dpo_learner, batch, dpo_data)
     micro = [DPOBatch(sequences=m["sequences"], ref_logp=reference(dpo_learner, m),
                       valid=m["valid"])
              for m in dpo_micro_batches(builder, batch, args.dpo_batch)]

@@ -23,14 +23,13 @@ from veripo_jax.data.vision import VisionSettings
 from veripo_jax.models.qwen2_5_vl import Qwen25VL, get_preset
 from veripo_jax.models.qwen2_5_vl.model import prepare_inputs
 from veripo_jax.parallel.sharding import make_mesh
-from veripo_jax.rl.dpo import (DPOConfig, DPOStage, ReferenceLogprobs, dpo_micro_batches,
-                               dpo_sequence_builder)
+from veripo_jax.rl.dpo import DPOConfig, DPOStage, ReferenceLogprobs, dpo_micro_batches
 from veripo_jax.rl.objectives import DPOBatch, DPOObjective, SequenceLogprobs
 from veripo_jax.rl.pair_data import pair_loader
 from veripo_jax.rl.pairs import Pair
 from veripo_jax.rl.sequences import (SequenceBuilder, coarsen_vision, encode_vision,
                                      prompt_inputs)
-from veripo_jax.rl.stage import DataConfig, RunContext
+from veripo_jax.rl.stage import DataConfig, RunContext, sequence_builder
 from veripo_jax.train.learner import Learner
 from veripo_jax.train.metrics import MetricsWriter, read_metrics
 from veripo_jax.train.optimizer import OptimizerConfig
@@ -126,7 +125,7 @@ def test_batches_within_one_bucket_reuse_compiled_programs(world, tmp_path, froz
     batch = next(loader)
     widths.add(int(batch["response_lengths"].max()))
     patches.add(fine_patches(ctx, batch))
-    builder = dpo_sequence_builder(ctx, learner, batch, DATA)
+    builder = sequence_builder(ctx, learner, batch, DATA)
     if builder.features is not None:
       features.add(builder.features.shape)
     micro = [DPOBatch(sequences=m["sequences"], ref_logp=reference(learner, m),
@@ -175,7 +174,7 @@ def test_reference_is_computed_once_per_pair_and_equals_recomputation(world, tmp
   moved = 0.0
   for step in range(6):
     batch = next(loader)
-    builder = dpo_sequence_builder(ctx, learner, batch, DATA)
+    builder = sequence_builder(ctx, learner, batch, DATA)
     micro = []
     for m in dpo_micro_batches(builder, batch, 2):              # two micro-batches a step
       cached = reference(learner, m)
@@ -202,7 +201,7 @@ def test_loss_equals_the_unbucketed_per_batch_reference_loss(world, tmp_path):
   learner = Learner(Qwen25VL(ctx.model_config, rngs=nnx.Rngs(0)), OPT, ctx.mesh, frozen=())
   reference = ReferenceLogprobs(len(pairs), learner.snapshot())
   batch = next(loader_of(ctx, pairs))
-  [m] = dpo_micro_batches(dpo_sequence_builder(ctx, learner, batch, DATA), batch, 4)
+  [m] = dpo_micro_batches(sequence_builder(ctx, learner, batch, DATA), batch, 4)
   new = DPOBatch(sequences=m["sequences"], ref_logp=reference(learner, m), valid=m["valid"])
   learner.step(DPOObjective(), [new])
   fine = SequenceBuilder(ctx.model_config, batch, response_buckets=DATA.response_buckets)

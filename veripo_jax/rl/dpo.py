@@ -28,7 +28,7 @@ from veripo_jax.rl.objectives import DPOBatch, DPOObjective, SequenceLogprobs
 from veripo_jax.rl.pair_data import pair_loader
 from veripo_jax.rl.pairs import Pair
 from veripo_jax.rl.sequences import SequenceBuilder
-from veripo_jax.rl.stage import DataConfig, RunContext, Stage
+from veripo_jax.rl.stage import DataConfig, RunContext, Stage, sequence_builder
 from veripo_jax.train.learner import Learner
 from veripo_jax.train.optimizer import OptimizerConfig
 
@@ -63,16 +63,6 @@ def dpo_micro_batches(builder: SequenceBuilder, batch: dict, micro_batch: int) -
     out.append({"sequences": seq, "valid": np.asarray(batch["example_mask"])[rows],
                 "pair_index": index[rows]})
   return out
-
-
-def dpo_sequence_builder(ctx: RunContext, learner: Learner, batch: dict, data: DataConfig
-                         ) -> SequenceBuilder:
-  """A batch's sequence builder: vision features shared when the tower is frozen, and vision
-  inputs padded to the data's patch buckets (few compiled shapes)."""
-  frozen_vision = not learner.trains(r"^visual\.")
-  return SequenceBuilder(ctx.model_config, batch, response_buckets=data.response_buckets,
-                         rope_mode=ctx.rope_mode, learner=learner if frozen_vision else None,
-                         patch_buckets=data.patch_buckets)
 
 
 class ReferenceLogprobs:
@@ -174,7 +164,7 @@ class DPOStage(Stage):
 
     def step_fn(batch):
       ref_before = reference.seconds
-      builder = dpo_sequence_builder(ctx, learner, batch, cfg.data)
+      builder = sequence_builder(ctx, learner, batch, cfg.data)
       micro = [DPOBatch(sequences=m["sequences"], ref_logp=reference(learner, m),
                         valid=m["valid"])
                for m in dpo_micro_batches(builder, batch, cfg.micro_batch)]

@@ -135,7 +135,7 @@ class GRPOStage(Stage):
       std = rollouts.rewards["total"].reshape(-1, g).std(1)
       groups = np.flatnonzero(live & ((std > 0) if cfg.filter_zero_variance else True))
       plan = update_plan(groups, cfg.global_batch // g, ctx.seed, r)
-      builder = sequence_builder(ctx, learner, prompts, cfg.data.response_buckets)
+      builder = sequence_builder(ctx, learner, prompts, cfg.data)
       batches = [micro_batches(builder, rollouts, step, cfg.micro_batch // g) for step in plan]
       if cfg.recompute_old_logprobs:
         batches = [[self._with_old_logp(learner, b) for b in step] for step in batches]

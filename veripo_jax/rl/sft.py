@@ -31,9 +31,9 @@ class SFTConfig:
 
 
 def sft_micro_batches(ctx: RunContext, learner: Learner, batch: dict, micro_batch: int,
-                      response_buckets) -> list:
+                      data: DataConfig) -> list:
   prompts, responses, lengths = split_supervised(batch)
-  builder = sequence_builder(ctx, learner, prompts, response_buckets)
+  builder = sequence_builder(ctx, learner, prompts, data)
   rows = np.flatnonzero(np.asarray(batch["example_mask"]))
   return [builder(part, np.arange(len(part)), responses[part], lengths[part])
           for part in (rows[i:i + micro_batch] for i in range(0, len(rows), micro_batch))]
@@ -57,5 +57,5 @@ class SFTStage(Stage):
     metrics = self.run_steps(
         learner, loader, cfg.steps, cfg.save_every_steps,
         lambda batch: learner.step(cfg.objective, sft_micro_batches(
-            ctx, learner, batch, cfg.micro_batch, cfg.data.response_buckets)))
+            ctx, learner, batch, cfg.micro_batch, cfg.data)))
     return self.finish(learner.model(), {"steps": cfg.steps, "last": metrics})

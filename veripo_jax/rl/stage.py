@@ -114,11 +114,13 @@ class RunContext:
 
 
 def sequence_builder(ctx: RunContext, learner: Learner, prompts: dict,
-                     response_buckets) -> SequenceBuilder:
-  """Shares the vision features across micro-batches when the vision tower is frozen."""
+                     data: DataConfig) -> SequenceBuilder:
+  """A batch's sequence builder: vision features shared across micro-batches when the tower is
+  frozen, and responses and vision inputs padded to the data's buckets (few compiled shapes)."""
   frozen_vision = not learner.trains(r"^visual\.")
-  return SequenceBuilder(ctx.model_config, prompts, response_buckets=response_buckets,
-                         rope_mode=ctx.rope_mode, learner=learner if frozen_vision else None)
+  return SequenceBuilder(ctx.model_config, prompts, response_buckets=data.response_buckets,
+                         rope_mode=ctx.rope_mode, learner=learner if frozen_vision else None,
+                         patch_buckets=data.patch_buckets)
 
 
 class Stage:
