@@ -95,8 +95,10 @@ def get_config():
   c.stages.grpo = ml_collections.ConfigDict(dict(grpo, rounds=48, data=_data("train", 16, seed=1)))
   c.stages.verifier = ml_collections.ConfigDict(dict(
       kind="verifier", rollouts_from="grpo", last_rounds=0,
-      judge=dict(from_stage="judge", max_concurrent_decodes=16, max_prefill_length=512,
-                 max_decode_length=32, max_workers=16),
+      # Where the judge comes from: this run's stage, or (from_stage="") a checkpoint
+      # directory or a running judge server's address (host:port).
+      judge=dict(from_stage="judge", checkpoint="", address="", max_concurrent_decodes=16,
+                 max_prefill_length=512, max_decode_length=32, max_workers=16),
       verifier=dict(judge_max_tokens=28, max_reasoning_tokens=128, max_pairs_per_prompt=2),
       heldout_split="judge_heldout", min_heldout_agreement=0.9, discard_fraction=0.8,
       discard_seed=0))

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from veripo_jax import main as runner
 from veripo_jax.config_utils import load_config_file
@@ -21,14 +22,14 @@ from veripo_jax.train.metrics import read_metrics
 from veripo_jax.train.preemption import PreemptionGuard
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ("sft", "judge", "grpo", "verifier", "dpo", "grpo_2", "eval")
+STAGES = ("sft", "judge", "grpo", "verifier", "dpo", "grpo_2", "eval", "judge_b", "judge_eval")
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   return build_world(tmp_path_factory.mktemp("world"), seed=0,
                      split_sizes={"train": 6, "heldout": 4, "judge_train": 64,
-                                  "judge_heldout": 8},
+                                  "judge_train_b": 64, "judge_heldout": 8},
                      world=WorldConfig(tokenizer_corpus_examples=200))
 
 
@@ -38,18 +39,26 @@ def loop_config(world):
   c.data.dataset_dir = world.dataset_dir
   c.data.tokenizer_dir = world.tokenizer_dir
   c.stage_order = STAGES
+  c.model.text, c.model.vision = {}, {}       # the preset's size: this test is about plumbing
   s = c.stages
   s.sft.steps, s.sft.data.batch_size, s.sft.micro_batch = 120, 6, 6
   s.sft.optimizer.learning_rate, s.sft.optimizer.schedule = 5e-3, "constant"
   s.sft.save_every_steps = 1000
-  s.judge.steps, s.judge.data.batch_size, s.judge.micro_batch = 2, 8, 8
+  for judge in (s.judge, s.judge_b):
+    judge.steps, judge.data.batch_size, judge.micro_batch = 2, 8, 8
+  s.judge_eval.evals = ("eval",)
+  s.judge_eval.judge.max_concurrent_decodes = 8
+  s.judge_eval.judge_max_tokens = 4
   for name, rounds in (("grpo", 2), ("grpo_2", 1)):
     g = s[name]
     g.rounds, g.data.batch_size, g.rollout.num_samples = rounds, 6, 4
     g.rollout.max_new_tokens = 96
     g.global_batch = g.micro_batch = 12       # 6 prompts x 4: 2 steps a round
   s.verifier.judge.max_concurrent_decodes = 8
-  s.verifier.min_heldout_agreement = 0.0     # serve the (barely trained) judge regardless
+  # The judge is served and measured, but two steps of training do not earn trust: the rules
+  # build the pairs (the barely trained judge would say No to every rollout of the memorised
+  # policy, leaving no good rollout). judge_eval grades with a served judge either way.
+  s.verifier.min_heldout_agreement = 1.01
   s.verifier.verifier.judge_max_tokens = 4
   s.verifier.verifier.max_reasoning_tokens = 96
   s.dpo.data.batch_size, s.dpo.micro_batch, s.dpo.save_every_steps = 2, 2, 100
@@ -83,8 +92,8 @@ def test_loop_runs_every_stage_and_reports(straight):
   workdir, summaries = straight
   assert list(summaries) == list(STAGES)
   verifier = summaries["verifier"]["metrics"]
-  assert verifier["judge/served"] == 1 and verifier["judge/failed_requests"] == 0
-  assert verifier["judge/heldout_count"] == 8
+  assert verifier["judge/served"] == 1 and verifier["judge/trusted"] == 0
+  assert verifier["judge/heldout_count"] == 8 and verifier["verifier/fallbacks"] > 0
   assert verifier["verifier/rollouts"] == 2 * 6 * 4
   pairs = [json.loads(line) for line in _stage_file(workdir, "verifier", "pairs.jsonl")
            .splitlines()]
@@ -98,8 +107,21 @@ def test_loop_runs_every_stage_and_reports(straight):
           _stage_file(workdir, "grpo_2", "rollouts/round_00000.jsonl").splitlines()}
   assert seen and not seen & set(discard["discarded"])
   # The DPO stage starts from the GRPO policy (the judge's policy is not handed on).
-  first = read_metrics(str(workdir), "dpo")[0]
-  assert abs(first["dpo/loss"] - np.log(2)) < 1e-3
+  first = next(r for r in read_metrics(str(workdir), "dpo") if "dpo/loss" in r)
+  assert abs(first["dpo/margin"]) < 1e-3        # the policy is its reference at the start
+  # The independent judge is another checkpoint with other weights, and it graded the eval.
+  judges = [os.path.join(workdir, "stages", name, "policy") for name in ("judge", "judge_b")]
+  assert judges[0] != judges[1]
+  weights = [safetensors.numpy.load_file(os.path.join(d, "model.safetensors")) for d in judges]
+  assert weights[0].keys() == weights[1].keys()
+  assert any(not np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
+  responses = _stage_file(workdir, "eval", "responses.jsonl").splitlines()
+  verdicts = [json.loads(line) for line in
+              _stage_file(workdir, "eval", "judge_verdicts.jsonl").splitlines()]
+  assert 0 < len(verdicts) <= len(responses)
+  assert all(0 <= v["index"] < len(responses) for v in verdicts)
+  graded = json.loads(_stage_text(workdir, "report.json"))["evaluations"][-1]
+  assert graded["stage"] == "eval" and graded["examples"] == len(responses)
   report = _stage_text(workdir, "report.md")
   assert "DPO is" in report and "after grpo_2" in report
   for family in ("consistency", "penalty", "accuracy", "reflection"):
