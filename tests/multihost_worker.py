@@ -27,6 +27,9 @@ def tiny_config(args):
   cfg.data.dataset_dir = args.dataset_dir
   cfg.data.tokenizer_dir = args.tokenizer_dir
   cfg.stage_order = ("grpo",)
+  # The preset's size (as before the embedded default widened its policy): this compares the
+  # multi-host path with one process, and fewer long reductions keep fp32 order effects small.
+  cfg.model.text, cfg.model.vision = {}, {}
   grpo = cfg.stages.grpo
   grpo.rounds = 2
   grpo.data.batch_size = args.batch_size
@@ -36,6 +39,7 @@ def tiny_config(args):
   grpo.micro_batch = args.micro_batch
   grpo.rollout.rewards = ("accuracy", "format", TEST_REWARD)
   grpo.save_every_rounds = 1
+  grpo.optimizer.learning_rate = 1.5e-3    # a first step large enough that later losses are not ~0
   return cfg
 
 
