@@ -44,5 +44,19 @@ def write_jsonl_atomic(path: str, records) -> None:
   write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
+def read_jsonl(path: str) -> list:
+  """The JSON documents of a JSON-lines file, blank lines skipped; a bad line is an error that
+  names the file and line."""
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{line_no}: not JSON ({e})") from e
+  return out
+
+
 def write_json_atomic(path: str, payload: dict) -> None:
   write_text_atomic(path, json.dumps(payload, indent=2))

@@ -13,14 +13,13 @@ standard error. The judge's agreement with the labelled held-out split is measur
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
 import jax
 
 from veripo_jax.data.prompts import JUDGE_PROMPT
-from veripo_jax.fileio import write_jsonl_atomic
+from veripo_jax.fileio import read_jsonl, write_jsonl_atomic
 from veripo_jax.rl.rewards import parse_response
 from veripo_jax.rl.stage import RunContext, Stage
 from veripo_jax.rl.verifier import PromptJudge, parse_verdict
@@ -51,15 +50,7 @@ def read_responses(path: str) -> list[dict]:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no responses (is the eval stage finished and before "
                             "this one?)")
-  out = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{n}: not JSON ({e})") from e
-  return out
+  return read_jsonl(path)
 
 
 def grade(judge: PromptJudge, responses: list[dict]) -> list[dict]:

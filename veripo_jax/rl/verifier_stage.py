@@ -31,7 +31,7 @@ from veripo_jax.data.datasets import data_source
 from veripo_jax.data.loader import as_text
 from veripo_jax.data.synthetic.judge import YES
 from veripo_jax.data.tokenization import load_tokenizer
-from veripo_jax.fileio import write_json_atomic
+from veripo_jax.fileio import read_jsonl, write_json_atomic
 from veripo_jax.rl.rollout import rollout_files
 from veripo_jax.rl.stage import RunContext, Stage
 from veripo_jax.rl.verifier import (CONSISTENT, PAIRS_FILE, UNKNOWN, Judge, PromptJudge,
@@ -93,13 +93,7 @@ def read_rollout_records(stage_dir: str, last_rounds: int = 0) -> list[dict]:
     raise FileNotFoundError(f"no stored rollouts under {stage_dir}/rollouts")
   records = []
   for round_index, path in list(enumerate(files))[-last_rounds if last_rounds else 0:]:
-    with open(path, encoding="utf-8") as f:
-      for line_no, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            records.append({**json.loads(line), "round": round_index})
-          except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{line_no}: not JSON ({e})") from e
+    records += [{**record, "round": round_index} for record in read_jsonl(path)]
   return records
 
 

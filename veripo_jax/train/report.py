@@ -23,7 +23,7 @@ from typing import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from veripo_jax.fileio import write_json_atomic, write_text_atomic
+from veripo_jax.fileio import read_jsonl, write_json_atomic, write_text_atomic
 from veripo_jax.train.metrics import METRICS_FILE, read_metrics
 from veripo_jax.train.stats import evaluation_stats
 
@@ -164,10 +164,7 @@ def _kind_from_metrics(records: list[dict]) -> str:
 
 def _read_jsonl(path: str) -> list[dict] | None:
   """The JSON lines of `path`; None when there is no such file."""
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return read_jsonl(path) if os.path.exists(path) else None
 
 
 def _jsonable(value):
