@@ -4,7 +4,8 @@ The paper's "DPO is ~7x faster than GRPO" measured on one model and one dataset:
 P prompts x G rollouts on the synthetic video-QA world, then DPO on pairs made from those same
 rollouts (best vs worst response of each group), run as `DPOStage` runs it: `--dpo_epochs`
 passes over the pairs, reference log-probs computed once per pair (its time amortized over the
-steps), vision inputs padded to the patch buckets. Two units:
+steps), vision inputs padded to the patch buckets, chosen and rejected sharing one row's
+prompt (`--dpo_separate_rows` copies the prompt into a row per response instead). Two units:
 
   per trained sequence: GRPO seconds per response (its share of generation, rewards and
     update) vs DPO seconds per trained sequence (chosen and rejected count one each);
@@ -17,7 +18,7 @@ reference pass lands on the first epoch's steps only, so a median would hide it)
 
   python benchmarks/bench_grpo_vs_dpo.py [--preset tiny --prompts 8 --samples 8
       --new_tokens 128 --grpo_batch 32 --dpo_batch 8 --dpo_epochs 4 --dpo_train_vision
-      --repeats 3 --workdir /tmp/bench_rl]
+      --dpo_separate_rows --repeats 3 --workdir /tmp/bench_rl]
 """
 import argparse
 import dataclasses
@@ -87,9 +88,11 @@ def main():
                         ("grpo_batch", 32), ("dpo_batch", 8), ("repeats", 3)):
     p.add_argument(f"--{name}", type=int, default=default)
   p.add_argument("--dpo_epochs", type=float, default=4.0,
-                 help="passes over the pairs (configs/tiny.py: 4)")
+                 help="passes over the pairs (configs/tiny.py: 2)")
+  p.add_argument("--dpo_separate_rows", action="store_true",
+                 help="one row per response, the prompt copied into each (DPO's share_prompt off)")
   p.add_argument("--dpo_train_vision", action="store_true",
-                 help="DPO trains the vision tower too, as configs/tiny.py does (default: frozen)")
+                 help="DPO trains the vision tower too (default: frozen, as configs/tiny.py)")
   args = p.parse_args()
   ctx = context(args)
   model = shard_model(Qwen25VL(ctx.model_config, rngs=nnx.Rngs(0)), ctx.mesh)
@@ -139,7 +142,8 @@ def main():
   def dpo_step(pair_batches, reference: ReferenceLogprobs) -> float:
     start = time.perf_counter()
     batch = next(pair_batches)
-    builder = sequence_builder(ctx, dpo_learner, batch, dpo_data)
+    builder = sequence_builder(ctx, dpo_learner, batch, dpo_data,
+                               branches=1 if args.dpo_separate_rows else 2)
     micro = [DPOBatch(sequences=m["sequences"], ref_logp=reference(dpo_learner, m),
                       valid=m["valid"])
              for m in dpo_micro_batches(builder, batch, args.dpo_batch)]

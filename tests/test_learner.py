@@ -291,3 +291,25 @@ def test_shared_prompt_sequences_match_full_forward(world, forward):
     cols = np.r_[w - n:w + lengths[i]]
     np.testing.assert_allclose(got[i, cols], want[i, full - len(rows[i]):], atol=TOL, rtol=0,
                                err_msg=f"row {i}")
+
+
+def test_branch_rows_match_one_response_per_row(world):
+  """DPO's prompt sharing: chosen and rejected in one row (the prompt once, each response masked
+  from the other) give the per-token log-probs and the DPO loss of one row per response."""
+  prompts, learner = world["prompts"], world["learner"]
+  reset(learner, world["init"])
+  owner = np.tile(np.arange(4), 2)
+  shared = build_sequences(CFG, prompts, owner, world["dpo_tokens"], world["dpo_lengths"],
+                           branches=2)
+  assert shared.inputs.input_ids.shape == (4, world["dpo_seq"].inputs.input_ids.shape[1] + R)
+  got = np.asarray(learner.evaluate(SequenceLogprobs(), shared))
+  want = np.asarray(learner.evaluate(SequenceLogprobs(), world["dpo_seq"]))
+  assert np.abs(want).max() > 1.0
+  np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+  batches = [DPOBatch(sequences=s, ref_logp=world["dpo_ref"], valid=world["dpo_valid"])
+             for s in (shared, world["dpo_seq"])]
+  loss = [float(learner.evaluate(OBJECTIVES["dpo"], b).loss_sum) for b in batches]
+  np.testing.assert_allclose(loss[0], loss[1], atol=TOL, rtol=0)
+  with pytest.raises(ValueError, match="branch-major"):
+    build_sequences(CFG, prompts, np.repeat(np.arange(4), 2), world["dpo_tokens"],
+                    world["dpo_lengths"], branches=2)

@@ -41,6 +41,9 @@ class DPOConfig:
   objective: DPOObjective = DPOObjective()
   optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-7)
   frozen: tuple[str, ...] = (r"^visual\.",)
+  # Chosen and rejected share one row: the prompt once, then the two responses, each masked
+  # from the other (`rl.sequences`); same log-probs, one prompt's compute instead of two.
+  share_prompt: bool = True
   save_every_steps: int = 50
   keep_checkpoints: int = 2
 
@@ -164,7 +167,8 @@ class DPOStage(Stage):
 
     def step_fn(batch):
       ref_before = reference.seconds
-      builder = sequence_builder(ctx, learner, batch, cfg.data)
+      builder = sequence_builder(ctx, learner, batch, cfg.data,
+                                 branches=2 if cfg.share_prompt else 1)
       micro = [DPOBatch(sequences=m["sequences"], ref_logp=reference(learner, m),
                         valid=m["valid"])
                for m in dpo_micro_batches(builder, batch, cfg.micro_batch)]

@@ -6,6 +6,11 @@ the copy points (through `feature_index`) at the same vision-feature rows, so th
 runs once per prompt in the update as in the rollout. Responses are right-padded after the
 left-padded prompt; response positions continue from the prompt's `next_position` on all three
 M-RoPE axes, exactly as during generation.
+
+With `branches` b > 1 (prompt sharing), the b responses to one prompt share one row: the prompt
+once, then b response blocks that each see the prompt and themselves only (`ModelInputs.branch`)
+and all take the positions a lone response would. A DPO pair (b = 2) then costs the prompt once
+instead of twice; targets and log-probs keep the one-response-per-row layout, branch-major.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ class SequenceBatch:
   targets: jax.Array           # (N, R) response token ids
   loss_mask: jax.Array         # (N, R) 1 on real response tokens
   prompt_width: int = struct.field(pytree_node=False)
+  # Responses per row (prompt sharing): N = branches x rows, branch-major; inputs hold the
+  # prompt then `branches` response blocks of width R.
+  branches: int = struct.field(pytree_node=False, default=1)
 
 
 def select_prompts(batch: Mapping[str, Any], rows: Sequence[int]) -> dict:
@@ -83,13 +91,15 @@ def prompt_inputs(config: Qwen25VLConfig, prompts: Mapping[str, Any], *,
 def build_sequences(config: Qwen25VLConfig, prompts: Mapping[str, Any], owner: Sequence[int],
                     responses: np.ndarray, lengths: Sequence[int], *, rope_mode: str = "legacy",
                     pad_token_id: int | None = None, inputs: ModelInputs | None = None,
-                    vision_features: jax.Array | None = None) -> SequenceBatch:
+                    vision_features: jax.Array | None = None, branches: int = 1
+                    ) -> SequenceBatch:
   """Host-side: prompt batch (K rows) + N responses of prompt rows `owner` -> SequenceBatch.
 
   `responses (N, R)` are token ids, `lengths (N,)` the real tokens of each (the rest is padding).
   Rows with length 0 carry no loss. `inputs` are the prompt batch's `prompt_inputs` when
   already computed; with `vision_features` (the tower's output for this prompt batch) the
-  sequences carry those instead of the vision inputs.
+  sequences carry those instead of the vision inputs. With `branches` b > 1, the N responses
+  are b branch-major blocks over the same N / b prompt rows and share one row per prompt.
   """
   owner = np.asarray(owner, np.int64)
   responses = np.asarray(responses, np.int32)
@@ -105,31 +115,48 @@ def build_sequences(config: Qwen25VLConfig, prompts: Mapping[str, Any], owner: S
   real = np.arange(r)[None, :] < lengths[:, None]
   pad = config.pad_token_id if pad_token_id is None else pad_token_id
   targets = np.where(real, responses, pad).astype(np.int32)
-  next_pos = np.asarray(prompts["next_position"], np.int64)[owner]
-  response_pos = np.broadcast_to((next_pos[:, None] + np.arange(r))[None], (3, n, r))
+  if n % branches or np.any(owner.reshape(branches, -1) != owner[:n // branches]):
+    raise ValueError(f"{branches} branches need branch-major responses over the same prompt "
+                     f"rows; got owner {owner.tolist()}")
+  rows = owner[:n // branches]
+  # Row-major views: (rows, branches * R), each row's branches side by side.
+  side = lambda a: a.reshape(branches, len(rows), r).transpose(1, 0, 2).reshape(len(rows), -1)
+  next_pos = np.asarray(prompts["next_position"], np.int64)[rows]
+  response_pos = np.tile(next_pos[:, None] + np.arange(r), (1, branches))
+  response_pos = np.broadcast_to(response_pos[None], (3,) + response_pos.shape)
   inputs = ModelInputs(
-      input_ids=np.concatenate([prompt.input_ids[owner], targets], 1),
-      attention_mask=np.concatenate([prompt.attention_mask[owner], real], 1),
-      position_ids=np.concatenate([prompt.position_ids[:, owner], response_pos], 2)
+      input_ids=np.concatenate([prompt.input_ids[rows], side(targets)], 1),
+      attention_mask=np.concatenate([prompt.attention_mask[rows], side(real)], 1),
+      position_ids=np.concatenate([prompt.position_ids[:, rows], response_pos], 2)
       .astype(np.int32),
-      feature_index=np.concatenate([prompt.feature_index[owner],
-                                    np.full((n, r), -1, np.int32)], 1),
+      feature_index=np.concatenate([prompt.feature_index[rows],
+                                    np.full((len(rows), branches * r), -1, np.int32)], 1),
       vision=prompt.vision if vision_features is None else None,
-      vision_features=vision_features)
+      vision_features=vision_features,
+      branch=None if branches == 1 else np.broadcast_to(np.concatenate(
+          [np.zeros(width, np.int32), np.repeat(np.arange(1, branches + 1, dtype=np.int32), r)]),
+          (len(rows), width + branches * r)))
   return SequenceBatch(inputs=inputs, targets=targets, loss_mask=real.astype(np.float32),
-                       prompt_width=width)
+                       prompt_width=width, branches=branches)
 
 
 def response_logprobs(model: Qwen25VL, batch: SequenceBatch, *, remat: bool = False
                       ) -> tuple[jax.Array, jax.Array]:
   """log pi(response token) and the entropy at each response position, (N, R) fp32.
 
-  The token at response position j is predicted from the hidden state one column earlier;
-  only that window goes through the LM head (the prompt's logits are never formed).
+  The token at response position j is predicted from the hidden state one column earlier (a
+  branch's first token from the prompt's last column); only those columns go through the LM
+  head (the prompt's logits are never formed).
   """
   h = model.hidden_states(batch.inputs, remat=remat)
-  r = batch.targets.shape[1]
-  window = jax.lax.dynamic_slice_in_dim(h, batch.prompt_width - 1, r, axis=1)
+  r, b = batch.targets.shape[1], batch.branches
+  if b == 1:
+    window = jax.lax.dynamic_slice_in_dim(h, batch.prompt_width - 1, r, axis=1)
+  else:
+    start = batch.prompt_width + r * np.arange(b)[:, None] + np.arange(r)[None] - 1
+    start[:, 0] = batch.prompt_width - 1
+    window = jnp.take(h, start.reshape(-1), axis=1)                       # (rows, b * R, D)
+    window = window.reshape(h.shape[0], b, r, -1).swapaxes(0, 1).reshape(b * h.shape[0], r, -1)
   return token_logprobs(model.logits(window), batch.targets)
 
 
@@ -216,8 +243,8 @@ class SequenceBuilder:
 
   def __init__(self, config: Qwen25VLConfig, prompts: Mapping[str, Any], *,
                response_buckets: Sequence[int], rope_mode: str = "legacy", learner=None,
-               patch_buckets: Sequence[int] | None = None):
-    self.config, self.prompts = config, prompts
+               patch_buckets: Sequence[int] | None = None, branches: int = 1):
+    self.config, self.prompts, self.branches = config, prompts, branches
     self.response_buckets = tuple(response_buckets)
     self.patch_buckets = None if patch_buckets is None else tuple(patch_buckets)
     self.rope_mode = rope_mode
@@ -245,7 +272,7 @@ class SequenceBuilder:
     if self.inputs is not None:
       return build_sequences(self.config, self.prompts, rows[owner], padded, lengths,
                              rope_mode=self.rope_mode, inputs=self.inputs,
-                             vision_features=self.features)
+                             vision_features=self.features, branches=self.branches)
     seq = build_sequences(self.config, select_prompts(self.prompts, rows), owner, padded,
-                          lengths, rope_mode=self.rope_mode)
+                          lengths, rope_mode=self.rope_mode, branches=self.branches)
     return seq.replace(inputs=self._coarse(seq.inputs))

@@ -35,6 +35,21 @@ class ModelInputs:
   # Precomputed vision-tower outputs (F, D) instead of `vision` (a frozen tower's features,
   # computed once per prompt batch and reused by every update on it).
   vision_features: jax.Array | None = None
+  # (B, L) int32 branch of each column for prompt-shared training rows: 0 marks the shared
+  # prefix every column sees; columns of branch k > 0 see the prefix and their own branch only,
+  # so several responses to one prompt ride in one row without seeing each other.
+  branch: jax.Array | None = None
+
+
+def attention_mask_4d(inputs: ModelInputs) -> jax.Array:
+  """(B, 1, L, L) bool: causal, real keys only, and within-branch when `inputs.branch` is set."""
+  l = inputs.input_ids.shape[1]
+  causal = jnp.tril(jnp.ones((l, l), bool))
+  mask = inputs.attention_mask[:, None, :].astype(bool) & causal[None]
+  if inputs.branch is not None:
+    keys = inputs.branch[:, None, :]
+    mask = mask & ((keys == 0) | (keys == inputs.branch[:, :, None]))
+  return mask[:, None]
 
 
 @struct.dataclass
@@ -196,9 +211,7 @@ class Qwen25VL(nnx.Module):
     """
     x = self.embed(inputs)
     cos, sin = self.rotary(inputs.position_ids)
-    l = x.shape[1]
-    causal = jnp.tril(jnp.ones((l, l), bool))
-    mask = inputs.attention_mask[:, None, None, :].astype(bool) & causal[None, None]
+    mask = attention_mask_4d(inputs)
     for layer in self.layers:
       if remat:
         x = nnx.remat(lambda lyr, y: lyr(y, cos, sin, mask)[0])(layer, x)
