@@ -70,11 +70,12 @@ def prepare_data(cfg, workdir: str) -> tuple[str, str]:
     if jax.process_index() == 0 and not os.path.exists(marker):
       paths = build_world(root, seed=cfg.data.world_seed,
                           split_sizes=dict(cfg.data.split_sizes), world=world)
-      write_text_atomic(marker, paths.dataset_dir)
+      # Relative to the world's root, so the workdir resumes from any cwd and after a move.
+      write_text_atomic(marker, os.path.relpath(paths.dataset_dir, root))
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("veripo_world_built")
     with open(marker, encoding="utf-8") as f:
-      return os.path.join(root, "tokenizer"), f.read().strip()
+      return os.path.join(root, "tokenizer"), os.path.join(root, f.read().strip())
   if not cfg.data.dataset_dir or not cfg.data.tokenizer_dir:
     raise ConfigError("config.data: set synthetic=True or both dataset_dir and tokenizer_dir")
   return cfg.data.tokenizer_dir, cfg.data.dataset_dir

@@ -1,0 +1,32 @@
+"""A workdir is portable: its stored paths resolve from any cwd and after the workdir moves."""
+
+import os
+import shutil
+
+import ml_collections
+
+from veripo_jax.rl.loop import prepare_data
+
+
+def _config():
+  c = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict(dict(
+      synthetic=True, world_seed=0, split_sizes={"train": 4},
+      world={"tokenizer_corpus_examples": 50}))
+  return c
+
+
+def test_world_resolves_after_move_and_from_another_cwd(tmp_path, monkeypatch):
+  first = tmp_path / "run"
+  tokenizer_dir, dataset_dir = prepare_data(_config(), str(first))
+  assert os.path.isdir(dataset_dir) and os.path.isdir(tokenizer_dir)
+  moved = tmp_path / "elsewhere" / "run"
+  moved.parent.mkdir()
+  shutil.move(str(first), str(moved))
+  other = tmp_path / "cwd"
+  other.mkdir()
+  monkeypatch.chdir(other)
+  tokenizer_dir, dataset_dir = prepare_data(_config(), os.path.relpath(moved, other))
+  assert os.path.isdir(dataset_dir) and os.path.isdir(tokenizer_dir)
+  assert os.path.realpath(dataset_dir).startswith(os.path.realpath(moved))
+  assert not os.path.exists(first)
