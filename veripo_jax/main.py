@@ -46,6 +46,43 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False,
 
 __all__ = ["main", "run"]      # `run(cfg, workdir)` is the loop (veripo_jax.rl.loop), re-exported
 
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def config_error(message: str) -> None:
+  """A config problem ends the run with one line on stderr and exit status 2, no traceback."""
+  print(f"config error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _override_message(argv: list[str], error: Exception) -> str:
+  """ml-collections' `'\\'roundz\\'\\nDid you mean "rounds"...'` as one line naming the flag."""
+  text = str(error.args[0] if error.args else error).strip("'\"").replace("\\'", "'")
+  key, _, hint = text.partition("\\n")
+  key = key.strip("'\"")
+  flag = next((a.split("=", 1)[0] for a in argv[1:]
+               if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")), None)
+  where = flag or "--config"
+  hint = f" ({hint.strip()})" if hint else ""
+  return f"{where}: no field {key!r}{hint}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a user's mistakes as one line: `--help` exits 0 (absl: 1); an
+  unknown flag, a misspelled config field or a badly typed override exits 2 naming it."""
+  try:
+    return flags.FLAGS(argv)
+  except SystemExit:
+    if any(a in _HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
+  except flags.Error as e:
+    config_error(str(e).splitlines()[0])
+  except (AttributeError, KeyError) as e:
+    config_error(_override_message(argv, e))
+  except (TypeError, ValueError) as e:
+    config_error(" ".join(str(e).split()))
+
 
 def main(argv):
   del argv
@@ -61,7 +98,7 @@ def main(argv):
   try:
     run(cfg, _WORKDIR.value)
   except ConfigError as e:
-    raise app.UsageError(str(e)) from e
+    config_error(str(e))
   except Preempted as e:
     logging.warning("%s; re-run with the same --workdir to resume", e)
     sys.exit(0)
@@ -79,4 +116,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
