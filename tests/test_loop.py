@@ -8,6 +8,7 @@ well formed: the verifier finds good rollouts and builds pairs, and some prompts
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from veripo_jax import main as runner
 from veripo_jax.config_utils import load_config_file
 from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.world import WorldConfig
+from veripo_jax.rl.recorded_config import ConfigChanged
 from veripo_jax.rl.stage import Preempted
 from veripo_jax.train.metrics import read_metrics
 from veripo_jax.train.preemption import PreemptionGuard
@@ -156,3 +158,34 @@ def test_killed_during_dpo_resumes_to_the_same_pairs_and_metrics(world, straight
 
 def untimed(metrics):
   return {k: v for k, v in metrics.items() if not k.startswith("time/")}
+
+
+def test_moved_workdir_resumes_and_changed_config_is_refused_then_rerun(world, straight,
+                                                                         tmp_path, monkeypatch):
+  """A copy of the finished workdir, run from another cwd: the same config finds every stage
+  done; a changed stage field stops the run before anything runs, naming the field; with
+  `rerun_changed` that stage runs again (the stages before it stay done) and its old outputs
+  are kept; a changed `config.data` is refused outright."""
+  workdir, _ = straight
+  moved = tmp_path / "moved"
+  shutil.copytree(workdir, moved)
+  monkeypatch.chdir(tmp_path)
+  cfg = loop_config(world)
+  done = {name: _stage_text(moved, f"stages/{name}/done.json") for name in STAGES}
+  runner.run(cfg, "moved")
+  assert {name: _stage_text(moved, f"stages/{name}/done.json") for name in STAGES} == done
+
+  cfg.stages.judge_eval.judge_max_tokens = 5
+  with pytest.raises(ConfigChanged, match=r"stages.judge_eval.stage.judge_max_tokens: 4 -> 5"):
+    runner.run(cfg, "moved")
+  assert _stage_text(moved, "stages/judge_eval/done.json") == done["judge_eval"]
+  runner.run(cfg, "moved", rerun_changed=True)
+  assert os.path.exists(moved / "stages/judge_eval.replaced-1/done.json")
+  assert json.loads(_stage_text(moved, "stages/judge_eval/config.json"))["stage"][
+      "judge_max_tokens"] == 5
+  assert {name: _stage_text(moved, f"stages/{name}/done.json")
+          for name in STAGES[:-1]} == {k: v for k, v in done.items() if k != "judge_eval"}
+
+  cfg.data.dataset_dir = str(tmp_path / "another_world")
+  with pytest.raises(ConfigChanged, match=r"config.data.dataset_dir: .*use a new --workdir"):
+    runner.run(cfg, "moved")

@@ -10,6 +10,10 @@ from typing import Any, Mapping, TypeVar
 T = TypeVar("T")
 
 
+class ConfigError(ValueError):
+  """A config that cannot run; the message names the field (the CLI prints it in one line)."""
+
+
 def from_config(cls: type[T], cfg: Mapping[str, Any] | None, where: str) -> T:
   """Builds dataclass `cls` from a config mapping; nested dataclass fields recurse.
 
@@ -22,7 +26,7 @@ def from_config(cls: type[T], cfg: Mapping[str, Any] | None, where: str) -> T:
   fields = {f.name: f for f in dataclasses.fields(cls)}
   unknown = sorted(set(cfg) - set(fields))
   if unknown:
-    raise ValueError(f"{where}: unknown field(s) {unknown}; known: {sorted(fields)}")
+    raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(fields)}")
   hints = typing.get_type_hints(cls)
   kwargs = {}
   for name, value in cfg.items():
@@ -35,7 +39,7 @@ def from_config(cls: type[T], cfg: Mapping[str, Any] | None, where: str) -> T:
   try:
     return cls(**kwargs)
   except (TypeError, ValueError) as e:
-    raise ValueError(f"{where}: {e}") from e
+    raise ConfigError(f"{where}: {e}") from e
 
 
 def _dataclass_type(hint) -> type | None:

@@ -1,7 +1,8 @@
 """Command-line entry point: `python -m veripo_jax.main --config=configs/X.py --workdir=DIR`.
 
 Runs the stages `config.stage_order` names, in order (`veripo_jax.rl.loop`);
-`--config.<field>=value` overrides any field; re-running with the same workdir resumes.
+`--config.<field>=value` overrides any field; re-running with the same workdir resumes (a
+stage whose config changed since it ran stops the run, or with `--rerun_changed` runs again).
 
 Console: one line as each stage starts and ends, progress bars (plain lines every 30 s when
 stderr is not a terminal), and a summary table from `WORKDIR/report.json` at the end. Other
@@ -33,7 +34,8 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from veripo_jax.parallel import multihost  # noqa: E402
-from veripo_jax.rl.loop import ConfigError, run  # noqa: E402
+from veripo_jax.config_utils import ConfigError  # noqa: E402
+from veripo_jax.rl.loop import run  # noqa: E402
 from veripo_jax.rl.stage import Preempted  # noqa: E402
 from veripo_jax.train.compile_cache import enable_compilation_cache  # noqa: E402
 
@@ -43,6 +45,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs; re-use r
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Initialise jax.distributed (TPU pods: automatic; elsewhere from "
                                "VERIPO_COORDINATOR / VERIPO_NUM_PROCESSES / VERIPO_PROCESS_ID).")
+_RERUN_CHANGED = flags.DEFINE_bool(
+    "rerun_changed", False, "A stage that ran in this workdir with another config runs again, "
+    "with every stage after it (their old outputs kept as stages/<name>.replaced-<n>); without "
+    "it such a run stops before starting, naming the changed fields.")
 
 __all__ = ["main", "run"]      # `run(cfg, workdir)` is the loop (veripo_jax.rl.loop), re-exported
 
@@ -96,7 +102,7 @@ def main(argv):
   logging.info("compilation cache: %s", cache or "off")
   start = time.monotonic()
   try:
-    run(cfg, _WORKDIR.value)
+    run(cfg, _WORKDIR.value, rerun_changed=_RERUN_CHANGED.value)
   except ConfigError as e:
     config_error(str(e))
   except Preempted as e:

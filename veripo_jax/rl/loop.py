@@ -19,7 +19,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from veripo_jax.config_utils import from_config
+from veripo_jax.config_utils import ConfigError, from_config
 from veripo_jax.console import format_duration
 from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.tokenizer import model_config_overrides
@@ -34,6 +34,8 @@ from veripo_jax.rl.evaluate import EvalConfig, EvalStage
 from veripo_jax.rl.grpo import GRPOConfig, GRPOStage
 from veripo_jax.rl.judge_eval import JudgeEvalConfig, JudgeEvalStage
 from veripo_jax.rl.pairs import read_pairs
+from veripo_jax.rl.recorded_config import (check_data, check_stages, record_stage,
+                                           set_aside)
 from veripo_jax.rl.sft import SFTConfig, SFTStage
 from veripo_jax.rl.stage import RunContext, Stage
 from veripo_jax.rl.verifier import PAIRS_FILE
@@ -41,10 +43,6 @@ from veripo_jax.rl.verifier_stage import VerifierStage, VerifierStageConfig
 from veripo_jax.train.metrics import MetricsWriter
 from veripo_jax.train.preemption import PreemptionGuard
 from veripo_jax.train.report import write_report
-
-
-class ConfigError(ValueError):
-  """A config that cannot run; the message names the field."""
 
 
 STAGE_KINDS = {"sft": (SFTConfig, SFTStage), "grpo": (GRPOConfig, GRPOStage),
@@ -156,12 +154,25 @@ def stage_init(cfg, name: str, current: str, ctx: RunContext) -> str:
   return init
 
 
-def run(cfg, workdir: str, guard: PreemptionGuard | None = None) -> dict[str, dict]:
+def run(cfg, workdir: str, guard: PreemptionGuard | None = None,
+        rerun_changed: bool = False) -> dict[str, dict]:
   """Runs (or resumes) every stage; returns their summaries by name.
 
-  `guard` decides when to stop early (default: on SIGTERM); the stopped stage saves first.
+  `guard` decides when to stop early (default: on SIGTERM); the stopped stage saves first. A
+  stage that ran in this workdir with another config stops the run before anything runs
+  (`ConfigChanged`), or with `rerun_changed` starts again with every stage after it
+  (`rl.recorded_config`).
   """
   os.makedirs(workdir, exist_ok=True)
+  stage_dirs = {name: os.path.join(workdir, "stages", name) for name in cfg.stage_order}
+  redo = check_stages(cfg, stage_dirs, cfg.stage_order, rerun_changed)
+  if jax.process_index() == 0:
+    check_data(cfg, workdir)
+    for name in redo:
+      logging.warning("stage %s: config changed; running it again (old outputs: %s)", name,
+                      set_aside(stage_dirs[name]))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("veripo_configs_checked")
   tokenizer_dir, dataset_dir = prepare_data(cfg, workdir)
   tokenizer = load_tokenizer(tokenizer_dir)
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
@@ -180,6 +191,8 @@ def run(cfg, workdir: str, guard: PreemptionGuard | None = None) -> dict[str, di
         logging.info("%s: done in an earlier run", label)
         summaries[name] = stage.summary()
       else:
+        if jax.process_index() == 0:
+          record_stage(cfg, name, stage.dir)
         if not stage.uses_policy:
           logging.info("%s: starting", label)
           summaries[name] = stage.run(None)
