@@ -1,17 +1,18 @@
-"""The shipped configs build into their stage dataclasses exactly as the loop does (a misspelt field
-fails here, not hours into a run), their stages refer only to earlier stages that can serve, and
-the paper recipe carries the numbers of Table 1 (reference/veripo_method.md §1, §6)."""
+"""The shipped configs pass `plan` (what the loop runs first: every stage typed, every reference
+checked), `plan` refuses bad configs with one message naming the field, and the paper recipe
+carries the numbers of Table 1 (reference/veripo_method.md §1, §6)."""
 
 import os
 
 import pytest
 
 from veripo_jax.rl import loop
-from veripo_jax.config_utils import from_config, load_config_file
+from veripo_jax.config_utils import ConfigError, load_config_file
 from veripo_jax.data.batching import BatchSpec
 from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.world import WorldConfig
 from veripo_jax.data.tokenization import load_tokenizer
+from veripo_jax.rl.plan import plan
 from veripo_jax.rl.stage import DataConfig, RunContext
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -33,14 +34,8 @@ def load(name, arg=None):
 
 
 def build_stages(cfg) -> dict:
-  """name -> (kind, the stage's config dataclass), built the way loop.make_stage builds it."""
-  out = {}
-  for name in cfg.stage_order:
-    section = cfg.stages[name]
-    config_cls, _ = loop.STAGE_KINDS[section.kind]
-    fields = {k: v for k, v in section.items() if k not in loop.RUNNER_FIELDS}
-    out[name] = (section.kind, from_config(config_cls, fields, f"config.stages.{name}"))
-  return out
+  """name -> (kind, the stage's config dataclass), as the loop's `plan` builds them."""
+  return {name: (p.kind, p.config) for name, p in plan(cfg).items()}
 
 
 @pytest.fixture(scope="module", params=(TINY, TPU_7B, GPU_3B))
@@ -199,18 +194,60 @@ def test_a_stage_model_of_its_own_needs_a_fresh_start(tmp_path):
   ctx = RunContext(workdir=str(tmp_path), mesh=None,
                    model_config=loop.policy_config(cfg, "", tokenizer), tokenizer=tokenizer,
                    tokenizer_dir="", dataset_dir="", writer=None, guard=None)
-  judge = loop.stage_model_config(cfg, "judge", "", ctx)
+  judge = loop.stage_model_config(cfg, "judge", ctx)
   assert judge.text.hidden_size == 64 < ctx.model_config.text.hidden_size
   assert judge.video_token_id == ctx.model_config.video_token_id     # fitted to the tokenizer
-  assert loop.stage_model_config(cfg, "sft", "", ctx) is ctx.model_config
-  with pytest.raises(loop.ConfigError, match=r"stages.judge.model: .*init='fresh'"):
-    loop.stage_model_config(cfg, "judge", "/some/checkpoint", ctx)
+  assert loop.stage_model_config(cfg, "sft", ctx) is ctx.model_config
+  cfg.stages.judge.init = "/some/checkpoint"
+  with pytest.raises(ConfigError, match=r"stages.judge.model: .*init='fresh'"):
+    plan(cfg)
+  cfg.stages.judge.init = "fresh"
   cfg.stages.judge.model.txt = {}
-  with pytest.raises(loop.ConfigError, match=r"stages.judge.model: unknown field\(s\) \['txt'\]"):
-    loop.stage_model_config(cfg, "judge", "", ctx)
+  with pytest.raises(ConfigError, match=r"stages.judge.model: unknown field\(s\) \['txt'\]"):
+    plan(cfg)
 
 
 def _world_tokenizer(tmp_path):
   paths = build_world(tmp_path / "world", seed=0, split_sizes={"train": 1},
                       world=WorldConfig(tokenizer_corpus_examples=50))
   return load_tokenizer(paths.tokenizer_dir)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: setattr(c.stages.grpo, "roundz", 2),
+     "config.stages.grpo: unknown field(s) ['roundz'] (did you mean 'rounds'?)"),
+    (lambda c: setattr(c.stages.judge_eval, "evals", ("eval_sft", "eval_grpp")),
+     "config.stages.judge_eval.evals: 'eval_grpp' is not an earlier stage (did you mean "
+     "'eval_grpo'?)"),
+    (lambda c: setattr(c.stages.dpo, "pairs", "grpo"),
+     "config.stages.dpo.pairs: 'grpo' is a grpo stage; expected verifier"),
+    (lambda c: setattr(c.stages.verifier, "rollouts_from", "grpo_2"),
+     "config.stages.verifier.rollouts_from: 'grpo_2' is not an earlier stage"),
+    (lambda c: setattr(c.stages.dpo.data, "split", "heldout"),
+     "config.stages.dpo.data.split: 'heldout', but the prompts it reads by index come from "
+     "stage grpo with 'train'"),
+    (lambda c: setattr(c.stages.grpo_2, "kind", "grpoo"),
+     "config.stages.grpo_2.kind: unknown 'grpoo' (did you mean 'grpo'?)"),
+    (lambda c: setattr(c, "stage_order", ("sft", "eval_sfd")),
+     "config.stage_order: 'eval_sfd' is not in config.stages (did you mean 'eval_sft'?)"),
+    (lambda c: setattr(c.mesh, "fsdp", 0), "config.mesh.fsdp: a positive integer or -1, not 0"),
+    (lambda c: setattr(c.model, "preset", "tinyy"),
+     "config.model.preset: unknown 'tinyy' (did you mean 'tiny'?)"),
+])
+def test_plan_refuses_with_one_message_naming_the_field(change, message):
+  """Whichever stage it is in (the last one included), a mistake stops `plan`, which the loop
+  runs before the first stage."""
+  cfg = load(TINY)
+  change(cfg)
+  with pytest.raises(ConfigError) as error:
+    plan(cfg)
+  assert str(error.value).startswith(message), str(error.value)
+  assert "\n" not in str(error.value)
+
+
+def test_a_config_error_stops_the_run_before_anything_is_written(tmp_path):
+  cfg = load(TINY)
+  cfg.stages.judge_eval.judge_max_tokenz = 3
+  with pytest.raises(ConfigError, match="judge_max_tokenz"):
+    loop.run(cfg, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import types
 
 import jax
 import numpy as np
@@ -25,8 +26,8 @@ from veripo_jax.models.qwen2_5_vl import Qwen25VL, get_preset, save_hf_checkpoin
 from veripo_jax.rl.rewards import parse_response
 from veripo_jax.rl.verifier import (PromptJudge, VerifierConfig, parse_verdict, rule_consistent,
                                     verify)
-from veripo_jax.rl.verifier_stage import (choose_discarded, easy_prompts, heldout_agreement,
-                                          read_rollout_records)
+from veripo_jax.rl.verifier_stage import (JudgeConfig, choose_discarded, easy_prompts,
+                                          heldout_agreement, read_rollout_records, serve_judge)
 from veripo_jax.serving.client import JudgeClient
 from veripo_jax.serving.server import start_server
 
@@ -245,6 +246,13 @@ def test_verify_through_a_real_judge_server(tokenizer, judge_model, served):
   assert result.pairs == stubbed.pairs
   np.testing.assert_equal(result.metrics, stubbed.metrics)
   assert result.metrics["verifier/fallbacks"] == 0
+  # The stage's way to an external judge: `judge.address` (host:port) of a running server.
+  ctx = types.SimpleNamespace(tokenizer=tokenizer)
+  with serve_judge(ctx, JudgeConfig(from_stage="", address=served.address), cfg.judge_prompt,
+                   cfg.judge_max_tokens) as external:
+    by_address = verify(records, external, cfg, encode, eos_id=2)
+  assert [c.judge_reply for c in by_address.checks if c.judged] == want
+  assert by_address.pairs == result.pairs
 
 
 class StopsServerAfter(JudgeClient):

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import typing
-from typing import Any, Mapping, TypeVar
+from typing import Any, Iterable, Mapping, TypeVar
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
   """A config that cannot run; the message names the field (the CLI prints it in one line)."""
+
+
+def closest(name: Any, choices: Iterable[Any]) -> str:
+  """' (did you mean X?)' for the choice closest to `name`, or ''."""
+  match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+  return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def from_config(cls: type[T], cfg: Mapping[str, Any] | None, where: str) -> T:
@@ -26,7 +33,8 @@ def from_config(cls: type[T], cfg: Mapping[str, Any] | None, where: str) -> T:
   fields = {f.name: f for f in dataclasses.fields(cls)}
   unknown = sorted(set(cfg) - set(fields))
   if unknown:
-    raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(fields)}")
+    raise ConfigError(f"{where}: unknown field(s) {unknown}{closest(unknown[0], fields)}; "
+                      f"known: {sorted(fields)}")
   hints = typing.get_type_hints(cls)
   kwargs = {}
   for name, value in cfg.items():

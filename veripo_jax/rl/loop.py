@@ -1,7 +1,8 @@
 """The VerIPO stage loop: run the stages a config lists, in order, each from the right policy.
 
 `config.stage_order` names stages; `config.stages.<name>.kind` picks the stage class, and the
-rest of the section is that kind's config (unknown fields are errors naming the field). Each
+rest of the section is that kind's config; `rl.plan` builds and checks them all before the
+first stage runs (unknown fields and bad references are errors naming the field). Each
 training stage starts from the current policy (or its `init`) and, unless `hands_off=False`,
 its exported policy becomes the current one. Re-running with the same workdir skips finished
 stages and resumes the running one from its checkpoint; the run ends with `report.md`.
@@ -29,34 +30,17 @@ from veripo_jax.fileio import write_text_atomic
 from veripo_jax.models.qwen2_5_vl import (Qwen25VL, Qwen25VLConfig, from_hf_config, get_preset,
                                          load_hf_checkpoint)
 from veripo_jax.parallel.sharding import make_mesh, shard_model
-from veripo_jax.rl.dpo import DPOConfig, DPOStage
-from veripo_jax.rl.evaluate import EvalConfig, EvalStage
-from veripo_jax.rl.grpo import GRPOConfig, GRPOStage
-from veripo_jax.rl.judge_eval import JudgeEvalConfig, JudgeEvalStage
 from veripo_jax.rl.pairs import read_pairs
+from veripo_jax.rl.plan import STAGE_KINDS, PlannedStage, is_path, plan
 from veripo_jax.rl.recorded_config import (check_data, check_stages, record_stage,
                                            set_aside)
-from veripo_jax.rl.sft import SFTConfig, SFTStage
 from veripo_jax.rl.stage import RunContext, Stage
 from veripo_jax.rl.verifier import PAIRS_FILE
-from veripo_jax.rl.verifier_stage import VerifierStage, VerifierStageConfig
 from veripo_jax.train.metrics import MetricsWriter
 from veripo_jax.train.preemption import PreemptionGuard
 from veripo_jax.train.report import write_report
 
 
-STAGE_KINDS = {"sft": (SFTConfig, SFTStage), "grpo": (GRPOConfig, GRPOStage),
-               "dpo": (DPOConfig, DPOStage), "eval": (EvalConfig, EvalStage),
-               "verifier": (VerifierStageConfig, VerifierStage),
-               "judge_eval": (JudgeEvalConfig, JudgeEvalStage)}
-# Fields of `config.stages.<name>` the loop reads itself (the rest go to the kind's config):
-#   init       where the stage's model starts: "" = the current policy, "fresh" = new weights,
-#              a stage name = that stage's exported policy, else a checkpoint directory;
-#   hands_off  whether the stage's exported policy becomes the current policy (default: the
-#              kind's; a judge trained by an sft stage sets False);
-#   pairs      (dpo) a verifier stage's name, or a pairs.jsonl path;
-#   model      (init="fresh") the stage model's own preset/text/vision, e.g. a smaller judge.
-RUNNER_FIELDS = ("kind", "init", "hands_off", "pairs", "model")
 
 
 def prepare_data(cfg, workdir: str) -> tuple[str, str]:
@@ -95,19 +79,12 @@ def policy_config(cfg, path: str, tokenizer, model=None, where: str = "config.mo
   return dataclasses.replace(base, **model_config_overrides(tokenizer, base))
 
 
-def stage_model_config(cfg, name: str, init: str, ctx: RunContext):
+def stage_model_config(cfg, name: str, ctx: RunContext):
   """A stage's own architecture (`stages.<name>.model`: preset/text/vision, e.g. a smaller
-  judge) for a fresh model; otherwise the run's."""
+  judge; `plan` checks it comes with init='fresh'); otherwise the run's."""
   model = cfg.stages[name].get("model")
   if not model:
     return ctx.model_config
-  if init:
-    raise ConfigError(f"config.stages.{name}.model: an architecture of its own needs "
-                      f"init='fresh' (the stage starts from {init})")
-  unknown = sorted(set(model) - {"preset", "text", "vision"})
-  if unknown:
-    raise ConfigError(f"config.stages.{name}.model: unknown field(s) {unknown}; known: "
-                      "['preset', 'text', 'vision']")
   return policy_config(cfg, "", ctx.tokenizer, model, f"config.stages.{name}.model")
 
 
@@ -122,36 +99,28 @@ def load_policy(cfg, path: str, config: Qwen25VLConfig, mesh) -> Qwen25VL:
   return shard_model(model, mesh)
 
 
-def make_stage(ctx: RunContext, cfg, name: str) -> Stage:
-  section = cfg.stages[name]
-  kind = section.kind
-  if kind not in STAGE_KINDS:
-    raise ConfigError(f"config.stages.{name}.kind: unknown {kind!r}; known "
-                      f"{sorted(STAGE_KINDS)}")
-  config_cls, stage_cls = STAGE_KINDS[kind]
-  fields = {k: v for k, v in section.items() if k not in RUNNER_FIELDS}
-  stage_cfg = from_config(config_cls, fields, f"config.stages.{name}")
-  if kind != "dpo":
-    return stage_cls(ctx, name, stage_cfg)
-  pairs = section.get("pairs", "")
-  if pairs in cfg.stages:
+def make_stage(ctx: RunContext, planned: PlannedStage) -> Stage:
+  _, stage_cls = STAGE_KINDS[planned.kind]
+  if planned.kind != "dpo":
+    return stage_cls(ctx, planned.name, planned.config)
+  pairs = planned.pairs
+  if not is_path(pairs):
     pairs = os.path.join(ctx.stage_dir(pairs), PAIRS_FILE)
-  if not pairs or not os.path.exists(pairs):
-    raise ConfigError(f"config.stages.{name}.pairs: {pairs!r} is neither a finished "
-                      "verifier stage nor a pairs file")
-  return stage_cls(ctx, name, stage_cfg, read_pairs(pairs))
+  if not os.path.exists(pairs):
+    raise ConfigError(f"config.stages.{planned.name}.pairs: {pairs} does not exist (did the "
+                      "verifier stage finish?)")
+  return stage_cls(ctx, planned.name, planned.config, read_pairs(pairs))
 
 
-def stage_init(cfg, name: str, current: str, ctx: RunContext) -> str:
+def stage_init(planned: PlannedStage, current: str, ctx: RunContext) -> str:
   """The checkpoint a stage's model loads ("" = fresh weights)."""
-  init = cfg.stages[name].get("init", "")
-  if not init:
+  if not planned.init:
     return current
-  if init == "fresh":
+  if planned.init == "fresh":
     return ""
-  if init in cfg.stages:
-    return ctx.policy_dir(init)
-  return init
+  if not is_path(planned.init):
+    return ctx.policy_dir(planned.init)
+  return planned.init
 
 
 def run(cfg, workdir: str, guard: PreemptionGuard | None = None,
@@ -163,6 +132,7 @@ def run(cfg, workdir: str, guard: PreemptionGuard | None = None,
   (`ConfigChanged`), or with `rerun_changed` starts again with every stage after it
   (`rl.recorded_config`).
   """
+  stages = plan(cfg)
   os.makedirs(workdir, exist_ok=True)
   stage_dirs = {name: os.path.join(workdir, "stages", name) for name in cfg.stage_order}
   redo = check_stages(cfg, stage_dirs, cfg.stage_order, rerun_changed)
@@ -184,7 +154,7 @@ def run(cfg, workdir: str, guard: PreemptionGuard | None = None,
                      tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, dataset_dir=dataset_dir,
                      writer=writer, guard=guard, rope_mode=cfg.model.rope_mode, seed=cfg.seed)
     for i, name in enumerate(cfg.stage_order, 1):
-      stage = make_stage(ctx, cfg, name)
+      stage = make_stage(ctx, stages[name])
       label = f"stage {i}/{len(cfg.stage_order)} {name} ({stage.kind})"
       start = time.monotonic()
       if stage.is_done():
@@ -197,12 +167,12 @@ def run(cfg, workdir: str, guard: PreemptionGuard | None = None,
           logging.info("%s: starting", label)
           summaries[name] = stage.run(None)
         else:
-          init = stage_init(cfg, name, policy_path, ctx)
+          init = stage_init(stages[name], policy_path, ctx)
           logging.info("%s: starting from %s", label, init or "a fresh model")
-          config = stage_model_config(cfg, name, init, ctx)
+          config = stage_model_config(cfg, name, ctx)
           summaries[name] = stage.run(load_policy(cfg, init, config, mesh))
         logging.info("%s: finished in %s", label, format_duration(time.monotonic() - start))
-      if cfg.stages[name].get("hands_off", stage.hands_off):
+      if stages[name].hands_off:
         policy_path = stage.policy_dir
     if jax.process_index() == 0:
       logging.info("report: %s", write_report(workdir, cfg.stage_order))

@@ -1,0 +1,160 @@
+"""A run's stages built and checked before the first one runs.
+
+`plan(cfg)` types every stage's section as its kind's config dataclass and checks the
+run-level sections and every reference between stages. Any problem is a `ConfigError` whose
+message names the field (and the closest valid name), so a typo in the ninth stage stops the
+run before the first one starts, not after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from veripo_jax.config_utils import ConfigError, closest, from_config
+from veripo_jax.models.qwen2_5_vl.config import PRESETS
+from veripo_jax.rl.dpo import DPOConfig, DPOStage
+from veripo_jax.rl.evaluate import EvalConfig, EvalStage
+from veripo_jax.rl.grpo import GRPOConfig, GRPOStage
+from veripo_jax.rl.judge_eval import JudgeEvalConfig, JudgeEvalStage
+from veripo_jax.rl.sft import SFTConfig, SFTStage
+from veripo_jax.rl.verifier_stage import VerifierStage, VerifierStageConfig
+
+STAGE_KINDS = {"sft": (SFTConfig, SFTStage), "grpo": (GRPOConfig, GRPOStage),
+               "dpo": (DPOConfig, DPOStage), "eval": (EvalConfig, EvalStage),
+               "verifier": (VerifierStageConfig, VerifierStage),
+               "judge_eval": (JudgeEvalConfig, JudgeEvalStage)}
+# Fields of `config.stages.<name>` the loop reads itself (the rest go to the kind's config):
+#   kind       the stage class (STAGE_KINDS);
+#   init       where the stage's model starts: "" = the current policy, "fresh" = new weights,
+#              a stage name = that stage's exported policy, else a checkpoint directory;
+#   hands_off  whether the stage's exported policy becomes the current policy (default: the
+#              kind's; a judge trained by an sft stage sets False);
+#   pairs      (dpo) a verifier stage's name, or a pairs.jsonl path;
+#   model      (init="fresh") the stage model's own preset/text/vision, e.g. a smaller judge.
+RUNNER_FIELDS = ("kind", "init", "hands_off", "pairs", "model")
+TRAINING_KINDS = ("sft", "grpo", "dpo")
+_MESH_AXES = ("data", "fsdp", "tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedStage:
+  name: str
+  kind: str
+  config: Any                  # the kind's config dataclass
+  init: str = ""
+  hands_off: bool = True       # its exported policy becomes the current one
+  pairs: str = ""
+
+
+def is_path(value: str) -> bool:
+  """A checkpoint or file path (else a stage name)."""
+  return "/" in value or os.sep in value or "://" in value
+
+
+def _check_run_sections(cfg) -> None:
+  if not isinstance(cfg.get("seed", 0), int):
+    raise ConfigError(f"config.seed: an integer, not {cfg.seed!r}")
+  for axis in _MESH_AXES:
+    value = cfg.mesh.get(axis)
+    if not isinstance(value, int) or value == 0 or value < -1:
+      raise ConfigError(f"config.mesh.{axis}: a positive integer or -1, not {value!r}")
+  unknown = sorted(set(cfg.mesh) - set(_MESH_AXES))
+  if unknown:
+    raise ConfigError(f"config.mesh: unknown field(s) {unknown}{closest(unknown[0], _MESH_AXES)}")
+  preset = cfg.model.get("preset", "")
+  if not cfg.model.get("checkpoint") and preset not in PRESETS:
+    raise ConfigError(f"config.model.preset: unknown {preset!r}{closest(preset, PRESETS)}; "
+                      f"known: {sorted(PRESETS)}")
+
+
+def _build(cfg, name: str) -> PlannedStage:
+  section = cfg.stages[name]
+  kind = section.get("kind")
+  if kind not in STAGE_KINDS:
+    raise ConfigError(f"config.stages.{name}.kind: unknown {kind!r}{closest(kind, STAGE_KINDS)}; "
+                      f"known: {sorted(STAGE_KINDS)}")
+  config_cls, stage_cls = STAGE_KINDS[kind]
+  fields = {k: v for k, v in section.items() if k not in RUNNER_FIELDS}
+  hands_off = section.get("hands_off")
+  if hands_off is not None and not isinstance(hands_off, bool):
+    raise ConfigError(f"config.stages.{name}.hands_off: true or false, not {hands_off!r}")
+  if "pairs" in section and kind != "dpo":
+    raise ConfigError(f"config.stages.{name}.pairs: only a dpo stage reads pairs")
+  return PlannedStage(name, kind, from_config(config_cls, fields, f"config.stages.{name}"),
+                      init=section.get("init", ""),
+                      hands_off=stage_cls.hands_off if hands_off is None else hands_off,
+                      pairs=section.get("pairs", ""))
+
+
+def _check_references(cfg, stages: dict[str, PlannedStage]) -> None:
+  order = list(cfg.stage_order)
+
+  def earlier(name: str, field: str, ref: str, kinds: tuple[str, ...]) -> PlannedStage:
+    before = order[:order.index(name)]
+    if ref not in before:
+      raise ConfigError(f"config.stages.{name}.{field}: {ref!r} is not an earlier stage"
+                        f"{closest(ref, before)}")
+    if stages[ref].kind not in kinds:
+      raise ConfigError(f"config.stages.{name}.{field}: {ref!r} is a {stages[ref].kind} stage; "
+                        f"expected {' or '.join(kinds)}")
+    return stages[ref]
+
+  for name, stage in stages.items():
+    c = stage.config
+    if stage.init not in ("", "fresh") and not is_path(stage.init):
+      earlier(name, "init", stage.init, TRAINING_KINDS)
+    model = cfg.stages[name].get("model")
+    if model:
+      if stage.init != "fresh":
+        raise ConfigError(f"config.stages.{name}.model: an architecture of its own needs "
+                          f"init='fresh' (the stage starts from {stage.init or 'the policy'})")
+      unknown = sorted(set(model) - {"preset", "text", "vision"})
+      if unknown:
+        raise ConfigError(f"config.stages.{name}.model: unknown field(s) {unknown}; known: "
+                          "['preset', 'text', 'vision']")
+    if stage.kind == "dpo" and not is_path(stage.pairs):
+      verifier = earlier(name, "pairs", stage.pairs, ("verifier",))
+      # Pairs name their prompts by position in the split the verified rollouts came from,
+      # and DPO must encode them as the sampler saw them.
+      _same_data(name, c.data, stages[verifier.config.rollouts_from],
+                 ("split", "dataset_dir", "template", "vision"))
+    if stage.kind == "verifier":
+      earlier(name, "rollouts_from", c.rollouts_from, ("grpo",))
+    if stage.kind in ("verifier", "judge_eval") and c.judge.from_stage:
+      earlier(name, "judge.from_stage", c.judge.from_stage, TRAINING_KINDS)
+    if stage.kind == "grpo":
+      for ref in c.discard_from:
+        verifier = earlier(name, "discard_from", ref, ("verifier",))
+        _same_data(name, c.data, stages[verifier.config.rollouts_from],
+                   ("split", "dataset_dir"))
+    if stage.kind == "judge_eval":
+      for ref in c.evals:
+        earlier(name, "evals", ref, ("eval",))
+
+
+def _same_data(name: str, data, source: PlannedStage, fields: tuple[str, ...]) -> None:
+  """Prompt indices from `source`'s rollouts mean the same examples in stage `name`'s data."""
+  for field in fields:
+    mine, theirs = getattr(data, field), getattr(source.config.data, field)
+    if mine != theirs:
+      raise ConfigError(f"config.stages.{name}.data.{field}: {mine!r}, but the prompts it reads "
+                        f"by index come from stage {source.name} with {theirs!r}")
+
+
+def plan(cfg) -> dict[str, PlannedStage]:
+  """Every stage of `cfg.stage_order`, typed and checked, by name (in order)."""
+  _check_run_sections(cfg)
+  order = list(cfg.stage_order)
+  if not order:
+    raise ConfigError("config.stage_order: name at least one stage")
+  for name in order:
+    if order.count(name) > 1:
+      raise ConfigError(f"config.stage_order: {name!r} appears {order.count(name)} times")
+    if name not in cfg.stages:
+      raise ConfigError(f"config.stage_order: {name!r} is not in config.stages"
+                        f"{closest(name, cfg.stages)}")
+  stages = {name: _build(cfg, name) for name in order}
+  _check_references(cfg, stages)
+  return stages
