@@ -64,6 +64,9 @@ def get_config():
   c.model.rope_mode = "legacy"
 
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+  # Logical axis -> mesh axes, replacing those of `parallel.sharding.DEFAULT_RULES` it names,
+  # e.g. (("mlp", ("fsdp", "tensor")),).
+  c.sharding_rules = ()
 
   c.stage_order = ("sft", "eval_sft", "judge", "grpo", "eval_grpo", "verifier", "dpo",
                    "eval_dpo", "grpo_2", "eval", "judge_b", "judge_eval")

@@ -152,6 +152,7 @@ def recipe(*, checkpoint, preset, mesh, hosts, prompts_per_round, activation_mic
   c.model.rope_mode = "legacy"
 
   c.mesh = ml_collections.ConfigDict(mesh)
+  c.sharding_rules = ()                 # overrides of parallel.sharding.DEFAULT_RULES, by axis
   c.stages = ml_collections.ConfigDict()
   rollout_prompts = _per_host(prompts_per_round, hosts, "prompts_per_round")
   dpo_pairs = _per_host(FAST_ALIGN["global_batch"], hosts, "DPO global batch")

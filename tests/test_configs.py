@@ -231,6 +231,8 @@ def _world_tokenizer(tmp_path):
     (lambda c: setattr(c, "stage_order", ("sft", "eval_sfd")),
      "config.stage_order: 'eval_sfd' is not in config.stages (did you mean 'eval_sft'?)"),
     (lambda c: setattr(c.mesh, "fsdp", 0), "config.mesh.fsdp: a positive integer or -1, not 0"),
+    (lambda c: setattr(c, "sharding_rules", (("mlpp", "tensor"),)),
+     "config.sharding_rules: unknown logical axis 'mlpp'"),
     (lambda c: setattr(c.model, "preset", "tinyy"),
      "config.model.preset: unknown 'tinyy' (did you mean 'tiny'?)"),
 ])

@@ -1,14 +1,17 @@
 """Logical-axis sharding: rules, and the model on an (fsdp=4, tensor=2) mesh of 8 CPU devices."""
 
+import re
+
 import jax
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from hf_reference import IMAGE, VIDEO, left_pad, random_image, random_video, span
 from veripo_jax.inference import generate
 from veripo_jax.models.qwen2_5_vl import load_hf_checkpoint
 from veripo_jax.parallel.sharding import (DEFAULT_RULES, activation_sharding, logical_to_spec,
-                                          make_mesh)
+                                          make_mesh, merge_rules)
 
 
 def test_rules_map_and_drop_non_divisible_axes():
@@ -22,6 +25,20 @@ def test_rules_map_and_drop_non_divisible_axes():
   assert logical_to_spec(("embed", "mlp"), DEFAULT_RULES, (1280, 3420), mesh8) == P("fsdp", None)
   spec = logical_to_spec(("embed", "mlp"), DEFAULT_RULES, (1280, 3424), mesh8)
   assert spec == P("fsdp", "tensor")
+
+
+def test_config_rules_replace_the_named_axes_only():
+  rules = merge_rules((("mlp", ("fsdp", "tensor")), ("vocab", None)))
+  assert [name for name, _ in rules] == [name for name, _ in DEFAULT_RULES]
+  assert dict(rules)["mlp"] == ("fsdp", "tensor") and dict(rules)["vocab"] is None
+  assert {k: v for k, v in rules if k not in ("mlp", "vocab")} == {
+      k: v for k, v in DEFAULT_RULES if k not in ("mlp", "vocab")}
+  assert logical_to_spec(("mlp",), rules) == P(("fsdp", "tensor"))
+  for bad, message in (((("mlpp", "tensor"),), "unknown logical axis 'mlpp'"),
+                       ((("mlp", "model"),), "unknown mesh axes ['model']"),
+                       ((("mlp",),), "a rule is")):
+    with pytest.raises(ValueError, match=re.escape(message)):
+      merge_rules(bad)
 
 
 def test_make_mesh_sizes():

@@ -37,6 +37,26 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+def merge_rules(overrides: LogicalRules, base: LogicalRules = DEFAULT_RULES) -> tuple:
+  """`base` with the logical axes that `overrides` names mapped anew (MaxText's
+  `logical_axis_rules`, given per axis): e.g. (("mlp", ("fsdp", "tensor")),). Unknown logical
+  axes or mesh axes are errors naming them."""
+  known = [name for name, _ in base]
+  merged = dict(base)
+  for rule in overrides:
+    if len(rule) != 2:
+      raise ValueError(f"a rule is (logical axis, mesh axis or axes or None), not {rule!r}")
+    name, target = rule
+    if name not in merged:
+      raise ValueError(f"unknown logical axis {name!r}; known: {known}")
+    axes = (target,) if isinstance(target, str) else tuple(target or ())
+    bad = [a for a in axes if a not in MESH_AXES]
+    if bad:
+      raise ValueError(f"logical axis {name!r}: unknown mesh axes {bad}; known: {list(MESH_AXES)}")
+    merged[name] = target if isinstance(target, str) or target is None else tuple(target)
+  return tuple((name, merged[name]) for name in known)
+
+
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""

@@ -29,7 +29,7 @@ from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.fileio import write_text_atomic
 from veripo_jax.models.qwen2_5_vl import (Qwen25VL, Qwen25VLConfig, from_hf_config, get_preset,
                                          load_hf_checkpoint)
-from veripo_jax.parallel.sharding import make_mesh, shard_model
+from veripo_jax.parallel.sharding import make_mesh, merge_rules, shard_model
 from veripo_jax.rl.pairs import read_pairs
 from veripo_jax.rl.plan import STAGE_KINDS, PlannedStage, is_path, plan
 from veripo_jax.rl.recorded_config import (check_data, check_stages, record_stage,
@@ -88,15 +88,15 @@ def stage_model_config(cfg, name: str, ctx: RunContext):
   return policy_config(cfg, "", ctx.tokenizer, model, f"config.stages.{name}.model")
 
 
-def load_policy(cfg, path: str, config: Qwen25VLConfig, mesh) -> Qwen25VL:
+def load_policy(cfg, path: str, config: Qwen25VLConfig, mesh, rules) -> Qwen25VL:
   """A Hugging Face checkpoint directory, or (no path) a freshly initialised model."""
   dtype, param_dtype = jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
   if path:
-    return load_hf_checkpoint(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh,
+    return load_hf_checkpoint(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules,
                               rope_mode=cfg.model.rope_mode)
   model = Qwen25VL(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(cfg.seed),
                    rope_mode=cfg.model.rope_mode)
-  return shard_model(model, mesh)
+  return shard_model(model, mesh, rules)
 
 
 def make_stage(ctx: RunContext, planned: PlannedStage) -> Stage:
@@ -152,7 +152,8 @@ def run(cfg, workdir: str, guard: PreemptionGuard | None = None,
     ctx = RunContext(workdir=workdir, mesh=mesh,
                      model_config=policy_config(cfg, policy_path, tokenizer),
                      tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, dataset_dir=dataset_dir,
-                     writer=writer, guard=guard, rope_mode=cfg.model.rope_mode, seed=cfg.seed)
+                     writer=writer, guard=guard, rope_mode=cfg.model.rope_mode, seed=cfg.seed,
+                     rules=merge_rules(cfg.get("sharding_rules", ())))
     for i, name in enumerate(cfg.stage_order, 1):
       stage = make_stage(ctx, stages[name])
       label = f"stage {i}/{len(cfg.stage_order)} {name} ({stage.kind})"
@@ -170,7 +171,7 @@ def run(cfg, workdir: str, guard: PreemptionGuard | None = None,
           init = stage_init(stages[name], policy_path, ctx)
           logging.info("%s: starting from %s", label, init or "a fresh model")
           config = stage_model_config(cfg, name, ctx)
-          summaries[name] = stage.run(load_policy(cfg, init, config, mesh))
+          summaries[name] = stage.run(load_policy(cfg, init, config, mesh, ctx.rules))
         logging.info("%s: finished in %s", label, format_duration(time.monotonic() - start))
       if stages[name].hands_off:
         policy_path = stage.policy_dir

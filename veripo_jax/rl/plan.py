@@ -14,6 +14,7 @@ from typing import Any
 
 from veripo_jax.config_utils import ConfigError, closest, from_config
 from veripo_jax.models.qwen2_5_vl.config import PRESETS
+from veripo_jax.parallel.sharding import merge_rules
 from veripo_jax.rl.dpo import DPOConfig, DPOStage
 from veripo_jax.rl.evaluate import EvalConfig, EvalStage
 from veripo_jax.rl.grpo import GRPOConfig, GRPOStage
@@ -63,6 +64,10 @@ def _check_run_sections(cfg) -> None:
   unknown = sorted(set(cfg.mesh) - set(_MESH_AXES))
   if unknown:
     raise ConfigError(f"config.mesh: unknown field(s) {unknown}{closest(unknown[0], _MESH_AXES)}")
+  try:
+    merge_rules(cfg.get("sharding_rules", ()))
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.sharding_rules: {e}") from e
   preset = cfg.model.get("preset", "")
   if not cfg.model.get("checkpoint") and preset not in PRESETS:
     raise ConfigError(f"config.model.preset: unknown {preset!r}{closest(preset, PRESETS)}; "
