@@ -14,8 +14,12 @@ import json
 import math
 import os
 
+import pytest
+
 from veripo_jax import main as runner
 from veripo_jax.config_utils import load_config_file
+
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

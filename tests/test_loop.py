@@ -23,6 +23,9 @@ from veripo_jax.rl.stage import Preempted
 from veripo_jax.train.metrics import read_metrics
 from veripo_jax.train.preemption import PreemptionGuard
 
+
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("sft", "judge", "grpo", "verifier", "dpo", "grpo_2", "eval", "judge_b", "judge_eval")
 

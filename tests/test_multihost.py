@@ -22,6 +22,8 @@ from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.world import WorldConfig
 from veripo_jax.train.metrics import read_metrics
 
+pytestmark = pytest.mark.slow
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 WORKER = os.path.join(HERE, "multihost_worker.py")
