@@ -1,9 +1,6 @@
 """Pure loss functions of the three optimisation stages (GRPO, DPO, SFT), registered by name.
 
-Every loss returns a `LossTerms`: an un-normalised `loss_sum`, its `weight` (the count it is
-divided by) and metric (sum, count) pairs. Gradient accumulation adds the sums and the weights
-over micro-batches and divides once at the end, so an accumulated step equals one big batch
-exactly for every aggregation (the weights never depend on the parameters).
+Every loss returns a `train.loss_terms.LossTerms` (sums and counts: accumulation stays exact).
 """
 
 from __future__ import annotations
@@ -12,16 +9,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from flax import struct
+
+from veripo_jax.train.loss_terms import LossTerms
 
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean")
-
-
-@struct.dataclass
-class LossTerms:
-  loss_sum: jax.Array                          # () fp32, differentiable
-  weight: jax.Array                            # () fp32, what loss_sum is divided by
-  metrics: dict[str, tuple[jax.Array, jax.Array]] = struct.field(default_factory=dict)
 
 
 LOSSES: dict[str, Callable[..., LossTerms]] = {}

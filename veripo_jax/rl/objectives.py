@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from veripo_jax.rl.losses import LossTerms, dpo_loss, grpo_loss, sft_loss
+from veripo_jax.rl.losses import dpo_loss, grpo_loss, sft_loss
 from veripo_jax.rl.sequences import SequenceBatch, response_logprobs, sequence_logprob
+from veripo_jax.train.loss_terms import LossTerms
 
 
 @struct.dataclass

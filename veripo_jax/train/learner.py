@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from veripo_jax.parallel.sharding import (DEFAULT_RULES, LogicalRules, activation_sharding,
                                           param_sharding)
-from veripo_jax.rl.losses import LossTerms
+from veripo_jax.train.loss_terms import LossTerms
 from veripo_jax.train.optimizer import OptimizerConfig, make_optimizer
 
 LossFn = Callable[[nnx.Module, Any], LossTerms]
