@@ -9,12 +9,13 @@ from decimal import Decimal
 
 import pytest
 
+from veripo_jax.rl import pair_families
+from veripo_jax.rl.pair_families import reflection_text
 from veripo_jax.rl.pairs import read_pairs
 from veripo_jax.rl.verifier import (JUDGE_PROMPT, PromptJudge, RuleJudge, VerifierConfig,
-                                    parse_verdict, reasoning_repetition, reflection_text,
-                                    render_judge_prompt, repetition_ratio, rule_consistent,
-                                    rule_inconsistency_rate, stated_answer, verify,
-                                    write_verifier_outputs)
+                                    parse_verdict, reasoning_repetition, render_judge_prompt,
+                                    repetition_ratio, rule_consistent, rule_inconsistency_rate,
+                                    stated_answer, verify, write_verifier_outputs)
 
 EOS, BOS = 1_000_000, 1_000_001
 PHRASE = "Wait, let me check this again."
@@ -178,6 +179,30 @@ def test_families_take_turns_and_rejected_used_once():
   assert who(result) == [("p1", "consistency", 0, 2), ("p1", "penalty", 0, 4),
                          ("p1", "accuracy", 0, 3), ("p1", "penalty", 0, 5),
                          ("p2", "consistency", 1, 2), ("p2", "penalty", 1, 3)]
+
+
+@pytest.fixture
+def shortest_rejected():
+  """A family registered from outside the package: every other rollout, shortest text first."""
+  pair_families.register_pair_family(
+      "shortest_rejected", lambda best, members, cfg: sorted(
+          (i for i, m in enumerate(members) if m is not best),
+          key=lambda i: len(members[i].record["text"])))
+  yield
+  del pair_families.PAIR_FAMILIES["shortest_rejected"]
+
+
+def test_a_registered_family_takes_its_turn(shortest_rejected):
+  """A new family is one registration; the config then names it like a built-in one."""
+  with pytest.raises(ValueError, match="already registered"):
+    pair_families.register_pair_family("shortest_rejected", lambda *a: [])
+  result, _ = run(VerifierConfig(families=("shortest_rejected", "consistency"),
+                                 max_pairs_per_prompt=3), GROUPS[:1])
+  # p1: shortest first is the truncated sample 5, then sample 1; consistency rejects sample 2.
+  assert who(result) == [("p1", "shortest_rejected", 0, 5), ("p1", "consistency", 0, 2),
+                         ("p1", "shortest_rejected", 0, 1)]
+  with pytest.raises(ValueError, match="from the registered"):
+    VerifierConfig(families=("consistency", "unregistered"))
 
 
 def test_reflection_pair_text_and_tokens():

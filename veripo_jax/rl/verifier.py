@@ -35,7 +35,8 @@ is rejected in at most one pair. Rejected candidates, best first:
                 unfinished r_wrong would be taught as part of the chosen response.
 Default order: consistency (the verifier's own signal, the inconsistency the method targets),
 penalty (degenerate outputs GRPO rewards only through format), accuracy (what GRPO already
-optimizes), reflection (synthetic, off-policy text) last.
+optimizes), reflection (synthetic, off-policy text) last. Families are registered by name in
+`rl.pair_families`, where a new one is one `register_pair_family` call.
 """
 
 from __future__ import annotations
@@ -44,24 +45,21 @@ import collections
 import dataclasses
 import math
 import os
-import random
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from veripo_jax.data.prompts import JUDGE_PROMPT, render_judge_prompt
 from veripo_jax.fileio import write_json_atomic, write_jsonl_atomic
+from veripo_jax.rl.pair_families import PAIR_FAMILIES, Encode, Member, group_pairs
 from veripo_jax.rl.pairs import Pair, write_pairs
 from veripo_jax.rl.rewards import (NUMBER_RE, THOUSANDS_RE, unwrap_answer, accuracy_reward,
                                    parse_response)
 from veripo_jax.train.metrics import null_nonfinite
 
-FAMILIES = ("consistency", "penalty", "accuracy", "reflection")
+FAMILIES = ("consistency", "penalty", "accuracy", "reflection")   # the default order
 PAIRS_FILE = "pairs.jsonl"
 CONSISTENT, INCONSISTENT, UNKNOWN = "consistent", "inconsistent", "unknown"
-
-Encode = Callable[[str], Sequence[int]]
-
 
 @dataclasses.dataclass(frozen=True)
 class VerifierConfig:
@@ -83,9 +81,10 @@ class VerifierConfig:
   seed: int = 0
 
   def __post_init__(self):
-    unknown = sorted(set(self.families) - set(FAMILIES))
+    unknown = sorted(set(self.families) - set(PAIR_FAMILIES))
     if unknown or len(set(self.families)) != len(self.families):
-      raise ValueError(f"families {self.families}: each at most once, from {FAMILIES}")
+      raise ValueError(f"families {self.families}: each at most once, from the registered "
+                       f"{sorted(PAIR_FAMILIES)} (rl.pair_families)")
     for field in ("{reasoning}", "{answer}"):
       if field not in self.judge_prompt:
         raise ValueError(f"judge_prompt lacks the {field} placeholder")
@@ -394,96 +393,6 @@ def _checked_records(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, 
   return out
 
 
-# --- pairs -------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class _Member:
-  record: Mapping[str, Any]
-  check: RolloutCheck
-  think: str | None
-  answer: str | None
-
-
-def _preference(cfg: VerifierConfig) -> Callable[[_Member], tuple]:
-  def key(m: _Member) -> tuple:
-    n = m.check.reasoning_tokens
-    return (n > cfg.max_reasoning_tokens, n if n > cfg.max_reasoning_tokens else -n)
-  return key
-
-
-def _pair(best: _Member, rejected: _Member, family: str) -> Pair:
-  return Pair(prompt_id=str(best.record["prompt_id"]),
-              source_index=int(best.record["source_index"]), family=family,
-              chosen_tokens=tuple(best.record["tokens"]),
-              rejected_tokens=tuple(rejected.record["tokens"]),
-              chosen_text=best.record["text"], rejected_text=rejected.record["text"])
-
-
-def reflection_text(wrong_reasoning: str, phrase: str, good_reasoning: str,
-                    good_answer: str) -> str:
-  return (f"<think>{wrong_reasoning} {phrase} {good_reasoning}</think>"
-          f"<answer>{good_answer}</answer>")
-
-
-def _family_pairs(family: str, best: _Member, members: list[_Member], used: set[int],
-                  cfg: VerifierConfig, encode: Encode, eos_id: int
-                  ) -> Iterator[tuple[int, Pair]]:
-  """(member index, pair) for the family's unused rejected candidates, best first; lazy, so
-  `used` is read when the family's turn comes and a reflection is encoded only then."""
-  if family == "consistency":
-    pool = [i for i, m in enumerate(members) if m.check.consistent is False]
-    pool.sort(key=lambda i: not members[i].check.correct)
-  elif family == "penalty":
-    pool = [i for i, m in enumerate(members) if not m.check.clean]
-    pool.sort(key=lambda i: not members[i].check.correct)
-  elif family == "accuracy":
-    pool = [i for i, m in enumerate(members) if not m.check.correct]
-    pool.sort(key=lambda i: not members[i].check.clean)
-  else:
-    pool = [i for i, m in enumerate(members)
-            if not m.check.correct and m.check.clean and m.think]
-  for i in pool:
-    if i in used:
-      continue
-    rejected = members[i]
-    if family != "reflection":
-      if tuple(rejected.record["tokens"]) != tuple(best.record["tokens"]):
-        yield i, _pair(best, rejected, family)
-      continue
-    joined = f"{rejected.think} {cfg.reflection_phrase} {best.think}"
-    if len(encode(joined)) > cfg.max_reasoning_tokens:
-      continue
-    text = reflection_text(rejected.think, cfg.reflection_phrase, best.think, best.answer)
-    yield i, dataclasses.replace(_pair(best, rejected, family),
-                                 chosen_tokens=(*encode(text), eos_id), chosen_text=text)
-
-
-def _group_pairs(members: list[_Member], cfg: VerifierConfig, encode: Encode,
-                 eos_id: int) -> list[Pair]:
-  """One prompt's pairs: families take turns in priority order (module docstring)."""
-  prompt_id = str(members[0].record["prompt_id"])
-  members = sorted(members, key=lambda m: (int(m.record["sample"]), m.record["text"]))
-  random.Random(f"{cfg.seed}/{prompt_id}").shuffle(members)  # the seeded tie-break
-  goods = sorted((m for m in members if m.check.good), key=_preference(cfg))
-  if not goods or cfg.max_pairs_per_prompt == 0:
-    return []
-  best = goods[0]
-  pairs, used = [], set()
-  sources = {f: _family_pairs(f, best, members, used, cfg, encode, eos_id)
-             for f in cfg.families}
-  while sources and len(pairs) < cfg.max_pairs_per_prompt:
-    for family in list(sources):
-      found = next(sources[family], None)
-      if found is None:
-        del sources[family]
-        continue
-      used.add(found[0])
-      pairs.append(found[1])
-      if len(pairs) == cfg.max_pairs_per_prompt:
-        break
-  return pairs
-
-
 # --- the verifier ------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -539,20 +448,20 @@ def verify(records: Sequence[Mapping[str, Any]], judge: Judge, cfg: VerifierConf
         fallback=fallback,
         good=p.well_formed and correct and consistent is True and not repetitive
         and not truncated)
-    members.append(_Member(record, check, p.think, p.answer))
+    members.append(Member(record, check, p.think, p.answer))
 
-  groups: dict[str, list[_Member]] = collections.defaultdict(list)
+  groups: dict[str, list[Member]] = collections.defaultdict(list)
   for m in members:
     groups[m.check.prompt_id].append(m)
   for prompt_id, group in groups.items():
     if len({m.check.source_index for m in group}) > 1:
       raise ValueError(f"prompt {prompt_id!r} has records with different source_index")
-  pairs = [p for group in groups.values() for p in _group_pairs(group, cfg, encode, eos_id)]
+  pairs = [p for group in groups.values() for p in group_pairs(group, cfg, encode, eos_id)]
   checks = [m.check for m in members]
   return VerifierResult(pairs, checks, _metrics(checks, groups, pairs, cfg))
 
 
-def _metrics(checks: list[RolloutCheck], groups: Mapping[str, list[_Member]], pairs: list[Pair],
+def _metrics(checks: list[RolloutCheck], groups: Mapping[str, list[Member]], pairs: list[Pair],
              cfg: VerifierConfig) -> dict[str, float]:
   """Counts and rates; a rate with nothing to count is NaN (written as null)."""
   n = len(checks)
