@@ -233,9 +233,11 @@ def run_summary(workdir: str, stage_order: Sequence[str]) -> str:
       problem = f"{path}: not a JSON object"
     except (OSError, ValueError) as e:
       problem = f"{path}: {e}"
+  # Here, not at the top: this module loads before TensorFlow and JAX to quiet them.
+  from veripo_jax.rl.artifacts import DONE_FILE, stage_dir
   rows = []
   for name in stage_order:
-    done = os.path.exists(os.path.join(workdir, "stages", name, "done.json"))
+    done = os.path.exists(os.path.join(stage_dir(workdir, name), DONE_FILE))
     rows.append([name, "done" if done else "not finished"])
   return "\n".join([f"Stages ({problem}):", *("  " + r for r in _table(["stage", "status"], rows)),
                     "", f"Full report: {md}"])

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from veripo_jax.fileio import write_jsonl_atomic
+from veripo_jax.rl.artifacts import RESPONSES_FILE
 from veripo_jax.rl.rollout import RolloutConfig, collect_rollouts
 from veripo_jax.rl.stage import DataConfig, RunContext, Stage
 from veripo_jax.rl.verifier import rule_inconsistency_rate
@@ -77,5 +78,5 @@ class EvalStage(Stage):
     metrics, records = evaluate(self.ctx, model, self.cfg, desc=self.name)
     self.ctx.writer.write(self.name, 0, metrics)
     if jax.process_index() == 0:
-      write_jsonl_atomic(os.path.join(self.dir, "responses.jsonl"), records)
+      write_jsonl_atomic(os.path.join(self.dir, RESPONSES_FILE), records)
     return self.finish(model, {"metrics": metrics}, export=False)

@@ -18,12 +18,12 @@ import numpy as np
 from absl import logging
 
 from veripo_jax.parallel.multihost import to_host
+from veripo_jax.rl.artifacts import read_discarded
 from veripo_jax.rl.objectives import GRPOBatch, GRPOObjective, SequenceLogprobs
 from veripo_jax.rl.rollout import (RolloutConfig, Rollouts, collect_rollouts, read_rollouts,
                                    rollout_file, write_rollouts)
 from veripo_jax.rl.sequences import SequenceBuilder
 from veripo_jax.rl.stage import DataConfig, RunContext, Stage, sequence_builder
-from veripo_jax.rl.verifier_stage import read_discarded
 from veripo_jax.train.checkpointing import key_to_data
 from veripo_jax.train.learner import Learner
 from veripo_jax.train.optimizer import OptimizerConfig
@@ -107,7 +107,7 @@ class GRPOStage(Stage):
     ref_params = learner.snapshot() if cfg.objective.kl_coef else None
     extras = self.restore(learner)
     discarded = (extras["discarded"] if extras is not None else
-                 read_discarded(ctx, cfg.discard_from))
+                 read_discarded(ctx.workdir, cfg.discard_from))
     loader = ctx.loader(cfg.data, exclude=discarded)
     if extras is None:
       extras = {"round": 0, "step_in_round": 0, "loader": loader.get_state(),

@@ -30,12 +30,12 @@ from veripo_jax.fileio import write_text_atomic
 from veripo_jax.models.qwen2_5_vl import (Qwen25VL, Qwen25VLConfig, from_hf_config, get_preset,
                                          load_hf_checkpoint)
 from veripo_jax.parallel.sharding import make_mesh, merge_rules, shard_model
+from veripo_jax.rl.artifacts import pairs_file, stage_dir
 from veripo_jax.rl.pairs import read_pairs
 from veripo_jax.rl.plan import STAGE_KINDS, PlannedStage, is_path, plan
 from veripo_jax.rl.recorded_config import (check_data, check_stages, record_stage,
                                            set_aside)
 from veripo_jax.rl.stage import RunContext, Stage
-from veripo_jax.rl.verifier import PAIRS_FILE
 from veripo_jax.train.metrics import MetricsWriter
 from veripo_jax.train.preemption import PreemptionGuard
 from veripo_jax.train.report import write_report
@@ -105,7 +105,7 @@ def make_stage(ctx: RunContext, planned: PlannedStage) -> Stage:
     return stage_cls(ctx, planned.name, planned.config)
   pairs = planned.pairs
   if not is_path(pairs):
-    pairs = os.path.join(ctx.stage_dir(pairs), PAIRS_FILE)
+    pairs = pairs_file(ctx.workdir, pairs)
   if not os.path.exists(pairs):
     raise ConfigError(f"config.stages.{planned.name}.pairs: {pairs} does not exist (did the "
                       "verifier stage finish?)")
@@ -134,7 +134,7 @@ def run(cfg, workdir: str, guard: PreemptionGuard | None = None,
   """
   stages = plan(cfg)
   os.makedirs(workdir, exist_ok=True)
-  stage_dirs = {name: os.path.join(workdir, "stages", name) for name in cfg.stage_order}
+  stage_dirs = {name: stage_dir(workdir, name) for name in cfg.stage_order}
   redo = check_stages(cfg, stage_dirs, cfg.stage_order, rerun_changed)
   if jax.process_index() == 0:
     check_data(cfg, workdir)

@@ -29,6 +29,7 @@ from veripo_jax.fileio import write_json_atomic
 from veripo_jax.models.qwen2_5_vl import Qwen25VL, save_hf_checkpoint
 from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from veripo_jax.parallel.sharding import DEFAULT_RULES
+from veripo_jax.rl import artifacts
 from veripo_jax.rl.sequences import SequenceBuilder
 from veripo_jax.train.checkpointing import Checkpointer
 from veripo_jax.train.learner import Learner
@@ -77,11 +78,11 @@ class RunContext:
   seed: int = 0
 
   def stage_dir(self, name: str) -> str:
-    return os.path.join(self.workdir, "stages", name)
+    return artifacts.stage_dir(self.workdir, name)
 
   def policy_dir(self, name: str) -> str:
     """Where stage `name` exports its policy (a Hugging Face checkpoint)."""
-    return os.path.join(self.stage_dir(name), "policy")
+    return artifacts.policy_dir(self.workdir, name)
 
   def data_dir(self, data: DataConfig) -> str:
     """The dataset directory a stage's `data` reads: its own, else the run's."""
@@ -143,7 +144,7 @@ class Stage:
 
   @property
   def done_path(self) -> str:
-    return os.path.join(self.dir, "done.json")
+    return os.path.join(self.dir, artifacts.DONE_FILE)
 
   @property
   def policy_dir(self) -> str:

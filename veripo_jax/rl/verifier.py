@@ -51,6 +51,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from veripo_jax.data.prompts import JUDGE_PROMPT, render_judge_prompt
 from veripo_jax.fileio import write_json_atomic, write_jsonl_atomic
+from veripo_jax.rl.artifacts import CHECKS_FILE, PAIRS_FILE
 from veripo_jax.rl.pair_families import PAIR_FAMILIES, Encode, Member, group_pairs
 from veripo_jax.rl.pairs import Pair, write_pairs
 from veripo_jax.rl.rewards import (NUMBER_RE, THOUSANDS_RE, unwrap_answer, accuracy_reward,
@@ -58,7 +59,6 @@ from veripo_jax.rl.rewards import (NUMBER_RE, THOUSANDS_RE, unwrap_answer, accur
 from veripo_jax.train.metrics import null_nonfinite
 
 FAMILIES = ("consistency", "penalty", "accuracy", "reflection")   # the default order
-PAIRS_FILE = "pairs.jsonl"
 CONSISTENT, INCONSISTENT, UNKNOWN = "consistent", "inconsistent", "unknown"
 
 @dataclasses.dataclass(frozen=True)
@@ -494,7 +494,7 @@ def write_verifier_outputs(directory: str, result: VerifierResult) -> None:
   """pairs.jsonl, checks.jsonl, then metrics.json (last: its presence marks a complete run),
   each written atomically."""
   write_pairs(os.path.join(directory, PAIRS_FILE), result.pairs)
-  write_jsonl_atomic(os.path.join(directory, "checks.jsonl"),
+  write_jsonl_atomic(os.path.join(directory, CHECKS_FILE),
                      [dataclasses.asdict(c) for c in result.checks])
   write_json_atomic(os.path.join(directory, "metrics.json"),
                     null_nonfinite(result.metrics))

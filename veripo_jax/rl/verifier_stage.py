@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import time
 from typing import Iterator, Mapping, Sequence
@@ -31,15 +30,15 @@ from veripo_jax.data.datasets import data_source
 from veripo_jax.data.loader import as_text
 from veripo_jax.data.synthetic.judge import YES
 from veripo_jax.data.tokenization import load_tokenizer
-from veripo_jax.fileio import read_jsonl, write_json_atomic
+from veripo_jax.fileio import read_jsonl
 from veripo_jax.rl.rollout import rollout_files
 from veripo_jax.rl.stage import RunContext, Stage
-from veripo_jax.rl.verifier import (CONSISTENT, PAIRS_FILE, UNKNOWN, Judge, PromptJudge,
+from veripo_jax.rl.artifacts import PAIRS_FILE, write_discarded
+from veripo_jax.rl.verifier import (CONSISTENT, UNKNOWN, Judge, PromptJudge,
                                     RuleJudge, VerifierConfig, parse_verdict, verify,
                                     write_verifier_outputs)
 from veripo_jax.train.metrics import null_nonfinite
 
-DISCARD_FILE = "discard.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,19 +118,6 @@ def choose_discarded(easy: Sequence[int], fraction: float, seed: int) -> list[in
   return sorted(int(i) for i in picked)
 
 
-def read_discarded(ctx: RunContext, stage_names: Sequence[str]) -> list[int]:
-  """The union of the prompts that the named verifier stages discarded."""
-  out: set[int] = set()
-  for name in stage_names:
-    path = os.path.join(ctx.stage_dir(name), DISCARD_FILE)
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"discard_from names {name!r}, which has no {path} (is it a "
-                              "finished verifier stage before this one?)")
-    with open(path, encoding="utf-8") as f:
-      out.update(json.load(f)["discarded"])
-  return sorted(out)
-
-
 def heldout_judge_metrics(ctx: RunContext, judge: PromptJudge, split: str,
                           limit: int = 0) -> dict[str, float]:
   """`heldout_agreement` on the first `limit` (0: all) examples of a labelled split."""
@@ -198,9 +184,7 @@ class VerifierStage(Stage):
     write_verifier_outputs(self.dir, result)
     easy = easy_prompts(records)
     discarded = choose_discarded(easy, cfg.discard_fraction, cfg.discard_seed)
-    write_json_atomic(os.path.join(self.dir, DISCARD_FILE),
-                      {"fraction": cfg.discard_fraction, "seed": cfg.discard_seed,
-                       "easy": easy, "discarded": discarded})
+    write_discarded(self.dir, easy, discarded, cfg.discard_fraction, cfg.discard_seed)
     metrics.update(result.metrics)
     metrics.update({"verifier/easy_prompts": len(easy),
                     "verifier/discarded_prompts": len(discarded),

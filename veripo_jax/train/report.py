@@ -24,14 +24,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from veripo_jax.fileio import read_jsonl, write_json_atomic, write_text_atomic
+from veripo_jax.rl.artifacts import DONE_FILE, RESPONSES_FILE, VERDICTS_FILE, stage_dir
 from veripo_jax.train.metrics import METRICS_FILE, read_metrics
 from veripo_jax.train.stats import evaluation_stats
 
 REPORT_FILE = "report.md"
 SUMMARY_FILE = "report.json"
 PLOT_DIR = "report"
-RESPONSES_FILE = "responses.jsonl"
-VERDICTS_FILE = "judge_verdicts.jsonl"
 TRAINING_KINDS = ("sft", "grpo", "dpo")
 KINDS = TRAINING_KINDS + ("eval", "verifier", "judge_eval")
 # Per training kind, the metrics that time one step or round, in order of preference, with the
@@ -142,7 +141,7 @@ def summarize(workdir: str, stages: list[StageData]) -> dict:
 
 def _load_stage(workdir: str, name: str, records: list[dict]) -> StageData:
   """The kind comes from done.json; an unfinished stage's from its metric names, if any."""
-  path = os.path.join(workdir, "stages", name, "done.json")
+  path = os.path.join(stage_dir(workdir, name), DONE_FILE)
   done = None
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
