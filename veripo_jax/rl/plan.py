@@ -26,6 +26,16 @@ STAGE_KINDS = {"sft": (SFTConfig, SFTStage), "grpo": (GRPOConfig, GRPOStage),
                "dpo": (DPOConfig, DPOStage), "eval": (EvalConfig, EvalStage),
                "verifier": (VerifierStageConfig, VerifierStage),
                "judge_eval": (JudgeEvalConfig, JudgeEvalStage)}
+
+
+def register_stage_kind(kind: str, config_cls: type, stage_cls: type) -> None:
+  """Makes `kind` a stage kind: `config_cls` types its section, `stage_cls(ctx, name, config)`
+  runs it (a `rl.stage.Stage`)."""
+  if kind in STAGE_KINDS:
+    raise ValueError(f"stage kind {kind!r} is already registered")
+  STAGE_KINDS[kind] = (config_cls, stage_cls)
+
+
 # Fields of `config.stages.<name>` the loop reads itself (the rest go to the kind's config):
 #   kind       the stage class (STAGE_KINDS);
 #   init       where the stage's model starts: "" = the current policy, "fresh" = new weights,
