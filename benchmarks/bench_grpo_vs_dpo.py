@@ -38,13 +38,12 @@ from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.data.vision import VisionSettings
 from veripo_jax.models.qwen2_5_vl import Qwen25VL, get_preset
 from veripo_jax.parallel.sharding import make_mesh, shard_model
-from veripo_jax.rl.dpo import ReferenceLogprobs, dpo_micro_batches
-from veripo_jax.rl.grpo import micro_batches, update_plan
-from veripo_jax.rl.objectives import DPOBatch, DPOObjective, GRPOObjective
+from veripo_jax.rl.dpo import DPOConfig, ReferenceLogprobs, step_batches
+from veripo_jax.rl.grpo import GRPOConfig, round_updates
 from veripo_jax.rl.pair_data import pair_loader
 from veripo_jax.rl.pairs import Pair
 from veripo_jax.rl.rollout import RolloutConfig, collect_rollouts
-from veripo_jax.rl.stage import DataConfig, RunContext, sequence_builder
+from veripo_jax.rl.stage import DataConfig, RunContext
 from veripo_jax.train.learner import Learner
 from veripo_jax.train.metrics import MetricsWriter
 from veripo_jax.train.optimizer import OptimizerConfig
@@ -100,6 +99,8 @@ def main():
                     response_buckets=(64, 128, 256), patch_buckets=(1024, 2048, 4096))
   g = args.samples
   rollout = RolloutConfig(num_samples=g, max_new_tokens=args.new_tokens)
+  grpo = GRPOConfig(global_batch=args.grpo_batch, micro_batch=args.grpo_batch, data=data,
+                    rollout=rollout)
   learner = Learner(model, OptimizerConfig(learning_rate=1e-5), ctx.mesh)   # vision frozen
   loader = ctx.loader(data)
 
@@ -111,12 +112,10 @@ def main():
                                 jax.random.key(r), eos_token_ids=ctx.eos_token_ids,
                                 pad_token_id=ctx.model_config.pad_token_id, mesh=ctx.mesh)
     generate_s = time.perf_counter() - start
-    plan = update_plan(np.arange(args.prompts), args.grpo_batch // g, 0, r)
-    builder = sequence_builder(ctx, learner, prompts, data)
+    _, steps = round_updates(ctx, learner, grpo, prompts, rollouts, r)
     update_s = 0.0
-    for step in plan:
-      batches = micro_batches(builder, rollouts, step, args.grpo_batch // g)
-      seconds, _ = timed(lambda: learner.step(GRPOObjective(), batches))
+    for batches in steps:
+      seconds, _ = timed(lambda: learner.step(grpo.objective, batches))
       update_s += seconds
       if r:
         grpo_steps.append(seconds)
@@ -130,9 +129,10 @@ def main():
                         chosen_tokens=tuple(rollouts.tokens[best, :rollouts.lengths[best]]),
                         rejected_tokens=tuple(rollouts.tokens[worst, :rollouts.lengths[worst]])))
 
-  dpo_data = dataclasses.replace(data, batch_size=args.dpo_batch)
+  dpo = DPOConfig(micro_batch=args.dpo_batch, share_prompt=not args.dpo_separate_rows,
+                  data=dataclasses.replace(data, batch_size=args.dpo_batch))
   v = ctx.model_config.vision
-  loaders = [pair_loader(pairs, ctx.dataset_dir, "train", ctx.loader_config(dpo_data),
+  loaders = [pair_loader(pairs, ctx.dataset_dir, "train", ctx.loader_config(dpo.data),
                          merge_size=v.spatial_merge_size, patch_dim=v.patch_dim)
              for _ in range(2)]            # a warm-up one and the timed one: same batches
   dpo_learner = (Learner(learner.model(), OptimizerConfig(learning_rate=1e-5), ctx.mesh,
@@ -142,12 +142,7 @@ def main():
   def dpo_step(pair_batches, reference: ReferenceLogprobs) -> float:
     start = time.perf_counter()
     batch = next(pair_batches)
-    builder = sequence_builder(ctx, dpo_learner, batch, dpo_data,
-                               branches=1 if args.dpo_separate_rows else 2)
-    micro = [DPOBatch(sequences=m["sequences"], ref_logp=reference(dpo_learner, m),
-                      valid=m["valid"])
-             for m in dpo_micro_batches(builder, batch, args.dpo_batch)]
-    dpo_learner.step(DPOObjective(), micro)
+    dpo_learner.step(dpo.objective, step_batches(ctx, dpo_learner, dpo, batch, reference))
     return time.perf_counter() - start
 
   # Compiles the first batch's programs; the timed steps then start at the stage's first batch

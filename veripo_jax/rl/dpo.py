@@ -68,6 +68,16 @@ def dpo_micro_batches(builder: SequenceBuilder, batch: dict, micro_batch: int) -
   return out
 
 
+def step_batches(ctx: RunContext, learner: Learner, cfg: DPOConfig, batch: dict,
+                 reference: "ReferenceLogprobs") -> list[DPOBatch]:
+  """One DPO step's micro-batches, the algorithm without the bookkeeping: each pair's chosen and
+  rejected response (sharing one row with `share_prompt`) and their reference log-probs."""
+  builder = sequence_builder(ctx, learner, batch, cfg.data,
+                             branches=2 if cfg.share_prompt else 1)
+  return [DPOBatch(sequences=m["sequences"], ref_logp=reference(learner, m), valid=m["valid"])
+          for m in dpo_micro_batches(builder, batch, cfg.micro_batch)]
+
+
 class ReferenceLogprobs:
   """Reference sequence log-probs (chosen, rejected) by pair index, kept on the host.
 
@@ -167,12 +177,7 @@ class DPOStage(Stage):
 
     def step_fn(batch):
       ref_before = reference.seconds
-      builder = sequence_builder(ctx, learner, batch, cfg.data,
-                                 branches=2 if cfg.share_prompt else 1)
-      micro = [DPOBatch(sequences=m["sequences"], ref_logp=reference(learner, m),
-                        valid=m["valid"])
-               for m in dpo_micro_batches(builder, batch, cfg.micro_batch)]
-      metrics = learner.step(cfg.objective, micro)
+      metrics = learner.step(cfg.objective, step_batches(ctx, learner, cfg, batch, reference))
       seconds = time.perf_counter() - loader.started
       sequences = 2 * int(np.sum(batch["example_mask"]))
       timings.append((seconds, sequences))

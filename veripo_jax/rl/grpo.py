@@ -88,6 +88,29 @@ def micro_batches(builder: SequenceBuilder, rollouts: Rollouts, groups: np.ndarr
   return out
 
 
+def round_updates(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: dict,
+                  rollouts: Rollouts, round_index: int, ref_params=None
+                  ) -> tuple[np.ndarray, list[list[GRPOBatch]]]:
+  """One GRPO round's updates, the algorithm without the bookkeeping: the trained groups (live
+  prompts; with `filter_zero_variance` only those whose G rewards differ) and, per optimizer
+  step, its micro-batches with pi_old (the sampler's, or recomputed) and the KL reference's
+  log-probs when `ref_params` is given."""
+  g = cfg.rollout.num_samples
+  live = np.asarray(prompts["example_mask"], bool)
+  std = rollouts.rewards["total"].reshape(-1, g).std(1)
+  groups = np.flatnonzero(live & ((std > 0) if cfg.filter_zero_variance else True))
+  plan = update_plan(groups, cfg.global_batch // g, ctx.seed, round_index)
+  builder = sequence_builder(ctx, learner, prompts, cfg.data)
+  steps = [micro_batches(builder, rollouts, step, cfg.micro_batch // g) for step in plan]
+  if cfg.recompute_old_logprobs:
+    steps = [[dataclasses.replace(b, old_logp=to_host(learner.evaluate(
+        SequenceLogprobs(), b.sequences))) for b in step] for step in steps]
+  if ref_params is not None:
+    steps = [[dataclasses.replace(b, ref_logp=to_host(learner.evaluate(
+        SequenceLogprobs(), b.sequences, params=ref_params))) for b in step] for step in steps]
+  return groups, steps
+
+
 class GRPOStage(Stage):
   kind = "grpo"
 
@@ -115,7 +138,6 @@ class GRPOStage(Stage):
       if discarded:
         logging.info("%s: leaving out %d discarded easy prompts", self.name, len(discarded))
     base_key = jax.random.key(ctx.seed)
-    g = cfg.rollout.num_samples
     history = []
     for r in range(extras["round"], cfg.rounds):
       loader.set_state(extras["loader"])
@@ -132,17 +154,7 @@ class GRPOStage(Stage):
         write_rollouts(self.rollout_path(r), rollouts)
       generate_s = time.perf_counter() - start
       live = np.asarray(prompts["example_mask"], bool)
-      std = rollouts.rewards["total"].reshape(-1, g).std(1)
-      groups = np.flatnonzero(live & ((std > 0) if cfg.filter_zero_variance else True))
-      plan = update_plan(groups, cfg.global_batch // g, ctx.seed, r)
-      builder = sequence_builder(ctx, learner, prompts, cfg.data)
-      batches = [micro_batches(builder, rollouts, step, cfg.micro_batch // g) for step in plan]
-      if cfg.recompute_old_logprobs:
-        batches = [[self._with_old_logp(learner, b) for b in step] for step in batches]
-      if ref_params is not None:
-        batches = [[dataclasses.replace(b, ref_logp=to_host(learner.evaluate(
-            SequenceLogprobs(), b.sequences, params=ref_params))) for b in step]
-                   for step in batches]
+      groups, batches = round_updates(ctx, learner, cfg, prompts, rollouts, r, ref_params)
       update_start = time.perf_counter()
       for k in range(extras["step_in_round"], len(batches)):
         metrics = learner.step(cfg.objective, batches[k])
@@ -174,8 +186,3 @@ class GRPOStage(Stage):
     return self.finish(learner.model(), {"rounds": cfg.rounds,
                                          "steps": int(learner.state.step),
                                          "last_round": history[-1] if history else {}})
-
-  @staticmethod
-  def _with_old_logp(learner: Learner, batch: GRPOBatch) -> GRPOBatch:
-    old = learner.evaluate(SequenceLogprobs(), batch.sequences)
-    return dataclasses.replace(batch, old_logp=to_host(old))
