@@ -1,11 +1,10 @@
-"""Pure loss functions of the three optimisation stages (GRPO, DPO, SFT), registered by name.
+"""Pure loss functions of the three optimisation stages (GRPO, DPO, SFT).
 
 Every loss returns a `train.loss_terms.LossTerms` (sums and counts: accumulation stays exact).
 """
 
 from __future__ import annotations
 
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -13,22 +12,6 @@ import jax.numpy as jnp
 from veripo_jax.train.loss_terms import LossTerms
 
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean")
-
-
-LOSSES: dict[str, Callable[..., LossTerms]] = {}
-
-
-def register_loss(name: str):
-  def wrap(fn):
-    LOSSES[name] = fn
-    return fn
-  return wrap
-
-
-def get_loss(name: str) -> Callable[..., LossTerms]:
-  if name not in LOSSES:
-    raise KeyError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}")
-  return LOSSES[name]
 
 
 def token_logprobs(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -75,7 +58,6 @@ def _token_stat(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Arra
   return (values * mask).sum(), mask.sum()
 
 
-@register_loss("grpo")
 def grpo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
               ref_logp: jax.Array | None = None, entropy: jax.Array | None = None,
               clip_eps: float = 0.2, clip_eps_high: float | None = None,
@@ -116,7 +98,6 @@ def grpo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask:
   return LossTerms(loss_sum, weight, metrics)
 
 
-@register_loss("dpo")
 def dpo_loss(chosen_logp: jax.Array, rejected_logp: jax.Array, ref_chosen_logp: jax.Array,
              ref_rejected_logp: jax.Array, valid: jax.Array | None = None, *, beta: float = 0.1,
              label_smoothing: float = 0.0, chosen_tokens: jax.Array | None = None,
@@ -151,7 +132,6 @@ def dpo_loss(chosen_logp: jax.Array, rejected_logp: jax.Array, ref_chosen_logp: 
   return LossTerms((losses * valid).sum(), valid.sum(), metrics)
 
 
-@register_loss("sft")
 def sft_loss(logp: jax.Array, mask: jax.Array, *, aggregation: str = "token-mean") -> LossTerms:
   """Masked next-token negative log-likelihood over response tokens."""
   mask = mask.astype(jnp.float32)
