@@ -5,7 +5,6 @@ Every loss returns a `train.loss_terms.LossTerms` (sums and counts: accumulation
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 
