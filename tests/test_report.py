@@ -16,11 +16,12 @@ import types
 import numpy as np
 import pytest
 
+from veripo_jax.rl import report
+from veripo_jax.rl.claims import evaluate_claims, milestones
+from veripo_jax.rl.report import (PLOT_DIR, SUMMARY_FILE, stage_order_from_metrics,
+                                  write_report)
 from veripo_jax.rl.stage import Stage
-from veripo_jax.train import report
-from veripo_jax.train.report import (PLOT_DIR, SUMMARY_FILE, evaluate_claims, milestones,
-                                     stage_order_from_metrics, write_report)
-from veripo_jax.train.stats import cluster_mean
+from veripo_jax.rl.stats import cluster_mean
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ORDER = ("sft", "eval_sft", "judge", "grpo", "eval_grpo", "verifier", "dpo", "eval_dpo",
@@ -505,7 +506,7 @@ def test_cli_refuses_a_directory_that_is_not_a_run(tmp_path, make):
   workdir = tmp_path / "run"
   if make == "empty":
     workdir.mkdir()
-  result = subprocess.run([sys.executable, "-m", "veripo_jax.train.report",
+  result = subprocess.run([sys.executable, "-m", "veripo_jax.rl.report",
                            f"--workdir={workdir}"], capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   message = result.stderr.strip().splitlines()[-1]

@@ -15,7 +15,6 @@ import pytest
 from flax import nnx
 
 from veripo_jax.data.loader import IndexedSubset
-from veripo_jax.data.prompts import JUDGE_PROMPT
 from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.judge import make_judge_example, restate
 from veripo_jax.data.synthetic.tokenizer import model_config_overrides

@@ -38,7 +38,7 @@ from veripo_jax.rl.recorded_config import (check_data, check_stages, record_stag
 from veripo_jax.rl.stage import RunContext, Stage
 from veripo_jax.train.metrics import MetricsWriter
 from veripo_jax.train.preemption import PreemptionGuard
-from veripo_jax.train.report import write_report
+from veripo_jax.rl.report import write_report
 
 
 

@@ -8,7 +8,7 @@ each training stage cost per trained sequence. `report.json` is the machine-read
 stage `done.json`, an evaluation's `responses.jsonl` and `judge_verdicts.jsonl`), so the report
 can be rebuilt at any time, also for a run that has not finished (missing numbers: null / n/a).
 
-CLI: `python -m veripo_jax.train.report --workdir=DIR [--stages=a,b,c]`.
+CLI: `python -m veripo_jax.rl.report --workdir=DIR [--stages=a,b,c]`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from matplotlib.figure import Figure
 from veripo_jax.fileio import read_jsonl, write_json_atomic, write_text_atomic
 from veripo_jax.rl.artifacts import DONE_FILE, RESPONSES_FILE, VERDICTS_FILE, stage_dir
 from veripo_jax.train.metrics import METRICS_FILE, read_metrics
-from veripo_jax.train.stats import evaluation_stats
+from veripo_jax.rl.claims import evaluate_claims
+from veripo_jax.rl.report_numbers import NA, fmt, mean, num, pm, ratio, se_key
+from veripo_jax.rl.stats import evaluation_stats
 
 REPORT_FILE = "report.md"
 SUMMARY_FILE = "report.json"
@@ -46,20 +48,6 @@ PANELS = (("accuracy", "accuracy (fraction)", (("accuracy", None),)),
 GRPO_CURVES = (("accuracy reward", "reward/accuracy", "accuracy reward (fraction)"),
                ("response length", "response/length_mean", "tokens"),
                ("inconsistency rate", "response/inconsistency_rate", "rate (rule)"))
-# The claims' thresholds (the issue's reading of the paper's Figure 1).
-MIN_CONCLUSION_RATE = 0.70
-MIN_GRPO_GAIN = 0.10
-MIN_DPO_DROP_SE = 3.0
-CLAIMS = {
-    1: "The SFT warm start states a conclusion the rule reads in at least "
-       f"{MIN_CONCLUSION_RATE:.0%} of its responses.",
-    2: f"GRPO raises held-out accuracy by at least {MIN_GRPO_GAIN:.2f} over the warm start.",
-    3: f"DPO lowers the rule-measured inconsistency rate by at least {MIN_DPO_DROP_SE:g} standard "
-       "errors, lengthens responses, and loses no more than one standard error of accuracy.",
-    4: "The second GRPO stage keeps accuracy within one standard error of the best evaluation "
-       "after the warm start.",
-}
-NA = "n/a"
 
 
 @dataclasses.dataclass
@@ -177,40 +165,6 @@ def _jsonable(value):
   return value
 
 
-def _num(value) -> float:
-  """A float; None and missing values are NaN."""
-  return math.nan if value is None else float(value)
-
-
-def _fmt(value) -> str:
-  """Counts as integers, other numbers to 4 significant digits, missing ones as n/a."""
-  if isinstance(value, int) and not isinstance(value, bool):
-    return str(value)
-  value = _num(value)
-  return f"{value:.4g}" if math.isfinite(value) else NA
-
-
-def _se_key(key: str) -> str:
-  """The name of a number's standard error in an evaluation entry (length_mean: length_se)."""
-  return key.removesuffix("_mean") + "_se"
-
-
-def _pm(evaluation: dict, key: str) -> str:
-  """An evaluation's number with its standard error: "0.25 ± 0.031" (n/a when missing)."""
-  if not math.isfinite(_num(evaluation[key])):
-    return NA
-  return f"{_fmt(evaluation[key])} ± {_fmt(evaluation[_se_key(key)])}"
-
-
-def _mean(values: Sequence[float]) -> float:
-  return sum(values) / len(values) if values else math.nan
-
-
-def _ratio(a: float, b: float) -> float:
-  """a / b; NaN when either is missing or b is not positive."""
-  return a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else math.nan
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   return lines + ["| " + " | ".join(row) + " |" for row in rows]
@@ -279,7 +233,7 @@ def _sequence_times(stage: StageData) -> list[float]:
 
 def _cost_entry(stage: StageData) -> dict:
   values = _sequence_times(stage)
-  return {"stage": stage.name, "kind": stage.kind, "seconds_per_sequence": _mean(values),
+  return {"stage": stage.name, "kind": stage.kind, "seconds_per_sequence": mean(values),
           "values_averaged": len(values)}
 
 
@@ -287,125 +241,20 @@ def _dpo_vs_grpo(stages: list[StageData]) -> dict:
   """GRPO's and DPO's time per trained sequence and per training sample (a GRPO prompt with its
   G responses, a DPO pair), each the mean over all their stages' timed rounds or steps."""
   grpo, dpo = _of_kind(stages, "grpo"), _of_kind(stages, "dpo")
-  per_response = _mean([v for s in grpo for v in _sequence_times(s)])
-  per_sequence = _mean([v for s in dpo for v in _sequence_times(s)])
-  per_prompt = _mean([v for s in grpo for v in s.timed("time/prompt_s")])
-  per_pair = _mean([v for s in dpo for v in s.timed("time/sample_s")])
+  per_response = mean([v for s in grpo for v in _sequence_times(s)])
+  per_sequence = mean([v for s in dpo for v in _sequence_times(s)])
+  per_prompt = mean([v for s in grpo for v in s.timed("time/prompt_s")])
+  per_pair = mean([v for s in dpo for v in s.timed("time/sample_s")])
   return {"grpo_s_per_response": per_response, "dpo_s_per_sequence": per_sequence,
-          "per_sequence_ratio": _ratio(per_response, per_sequence),
+          "per_sequence_ratio": ratio(per_response, per_sequence),
           "grpo_s_per_prompt": per_prompt, "dpo_s_per_pair": per_pair,
-          "per_sample_ratio": _ratio(per_prompt, per_pair)}
+          "per_sample_ratio": ratio(per_prompt, per_pair)}
 
 
 def _wall(stages: list[StageData]) -> dict:
   per_stage = {s.name: s.wall_s() for s in stages}
   known = [v for v in per_stage.values() if v is not None]
   return {"stages": per_stage, "total": sum(known) if known else None}
-
-
-# -------------------------------------------------------------------------------------------------
-# Claims
-
-MILESTONES = {"warm": "warm-start", "grpo1": "first-GRPO", "dpo": "DPO", "grpo2": "second-GRPO"}
-_TOLERANCE = 1e-9   # float rounding: a gain of 0.35 - 0.25 meets a 0.10 threshold
-
-
-def milestones(evaluations: list[dict], kinds: dict[str, str]) -> dict[str, dict | None]:
-  """The evaluations the claims compare (None: absent): warm, the first; grpo1, the first that
-  follows a GRPO stage; dpo, the first after grpo1 that follows a DPO stage; grpo2, the first
-  after that one that follows a GRPO stage."""
-  def first(start: int | None, kind: str) -> int | None:
-    if start is None:
-      return None
-    return next((i for i in range(start, len(evaluations))
-                 if kinds.get(evaluations[i]["follows"]) == kind), None)
-
-  grpo1 = first(0, "grpo")
-  dpo = first(None if grpo1 is None else grpo1 + 1, "dpo")
-  grpo2 = first(None if dpo is None else dpo + 1, "grpo")
-  index = {"warm": 0 if evaluations else None, "grpo1": grpo1, "dpo": dpo, "grpo2": grpo2}
-  return {name: None if i is None else evaluations[i] for name, i in index.items()}
-
-
-def _at_least(a: float, b: float) -> bool:
-  return a >= b - _TOLERANCE
-
-
-def _decided(condition: bool, *numbers: float) -> bool | None:
-  """`condition`, or None when a number it compares is missing (NaN)."""
-  return condition if all(math.isfinite(_num(x)) for x in numbers) else None
-
-
-def _claim_warm_start(warm: dict) -> tuple[bool | None, str]:
-  rate = _num(warm["conclusion_rate"])
-  return (_decided(_at_least(rate, MIN_CONCLUSION_RATE), rate),
-          f"{warm['stage']}: conclusion rate {_pm(warm, 'conclusion_rate')} "
-          f"(needs ≥ {MIN_CONCLUSION_RATE:.2f}).")
-
-
-def _claim_grpo_gain(warm: dict, grpo1: dict) -> tuple[bool | None, str]:
-  gain = _num(grpo1["accuracy"]) - _num(warm["accuracy"])
-  return (_decided(_at_least(gain, MIN_GRPO_GAIN), gain),
-          f"accuracy {_pm(warm, 'accuracy')} ({warm['stage']}) → {_pm(grpo1, 'accuracy')} "
-          f"({grpo1['stage']}): gain {_fmt(gain)} (needs ≥ {MIN_GRPO_GAIN:.2f}).")
-
-
-def _difference(a: dict, b: dict, key: str) -> tuple[float, float]:
-  """(a − b, the standard error of the difference of two independent evaluations)."""
-  return (_num(a[key]) - _num(b[key]),
-          math.hypot(_num(a[_se_key(key)]), _num(b[_se_key(key)])))
-
-
-def _claim_dpo(grpo1: dict, dpo: dict) -> tuple[bool | None, str]:
-  drop, drop_se = _difference(grpo1, dpo, "inconsistency_rule")
-  loss, loss_se = _difference(grpo1, dpo, "accuracy")
-  judge_drop, judge_se = _difference(grpo1, dpo, "inconsistency_judge")
-  longer = _num(dpo["length_mean"]) > _num(grpo1["length_mean"])
-  held = _decided(_at_least(drop, MIN_DPO_DROP_SE * drop_se) and longer
-                  and _at_least(loss_se, loss),
-                  drop, drop_se, loss, loss_se, dpo["length_mean"], grpo1["length_mean"])
-  return held, (
-      f"{grpo1['stage']} → {dpo['stage']}: rule inconsistency "
-      f"{_pm(grpo1, 'inconsistency_rule')} → {_pm(dpo, 'inconsistency_rule')} (drop "
-      f"{_fmt(drop)} = {_fmt(_ratio(drop, drop_se))} SE, needs ≥ {MIN_DPO_DROP_SE:g}); length "
-      f"{_pm(grpo1, 'length_mean')} → {_pm(dpo, 'length_mean')} tokens; accuracy "
-      f"{_pm(grpo1, 'accuracy')} → {_pm(dpo, 'accuracy')} (loss {_fmt(loss)}, allowed ≤ "
-      f"{_fmt(loss_se)}); judge inconsistency {_pm(grpo1, 'inconsistency_judge')} → "
-      f"{_pm(dpo, 'inconsistency_judge')} (drop {_fmt(judge_drop)} ± {_fmt(judge_se)}, "
-      "not tested).")
-
-
-def _claim_grpo_keeps(grpo1: dict, dpo: dict, grpo2: dict) -> tuple[bool | None, str]:
-  measured = [e for e in (grpo1, dpo, grpo2) if math.isfinite(_num(e["accuracy"]))]
-  best = max(measured, key=lambda e: e["accuracy"]) if measured else grpo2
-  gap, allowed = _difference(best, grpo2, "accuracy")
-  return (_decided(_at_least(allowed, gap), gap, allowed),
-          f"best after the warm start {_pm(best, 'accuracy')} ({best['stage']}), "
-          f"{grpo2['stage']} {_pm(grpo2, 'accuracy')}: gap {_fmt(gap)} (allowed ≤ "
-          f"{_fmt(allowed)}).")
-
-
-# Per claim: the milestones it compares, and its check.
-_CLAIM_CHECKS = {1: (("warm",), _claim_warm_start),
-                 2: (("warm", "grpo1"), _claim_grpo_gain),
-                 3: (("grpo1", "dpo"), _claim_dpo),
-                 4: (("grpo1", "dpo", "grpo2"), _claim_grpo_keeps)}
-
-
-def evaluate_claims(evaluations: list[dict], kinds: dict[str, str]) -> list[dict]:
-  """The four claims checked on the evaluations (in stage order; `kinds`: stage name → kind);
-  `held` is None when an evaluation a claim needs is absent or lacks a number."""
-  found = milestones(evaluations, kinds)
-  claims = []
-  for number, (needs, check) in _CLAIM_CHECKS.items():
-    absent = [MILESTONES[name] for name in needs if found[name] is None]
-    if absent:
-      held, evidence = None, f"Not measured: no {' or '.join(absent)} evaluation."
-    else:
-      held, evidence = check(*(found[name] for name in needs))
-    claims.append({"claim": number, "text": CLAIMS[number], "held": held,
-                   "evidence": evidence})
-  return claims
 
 
 # -------------------------------------------------------------------------------------------------
@@ -458,9 +307,9 @@ def _header(workdir: str, stages: list[StageData], wall: dict) -> list[str]:
     seconds = wall["stages"][s.name]
     note = "" if s.wall_recorded or seconds is None else " (metric records' span)"
     rows.append([str(i), s.name, s.kind, "done" if s.done is not None else "not finished",
-                 str(len(s.records)), _fmt(seconds) + note])
+                 str(len(s.records)), fmt(seconds) + note])
   return (["# VerIPO run report", "", f"Workdir: `{workdir}`", "",
-           f"Total wall time: {_fmt(wall['total'])} s (the sum of the stages' wall times: "
+           f"Total wall time: {fmt(wall['total'])} s (the sum of the stages' wall times: "
            "done.json's `wall_s`, else the span of the stage's metric records).", ""] +
           _table(["#", "stage", "kind", "status", "metric records", "wall time (s)"], rows))
 
@@ -487,10 +336,10 @@ def _headline(stages: list[StageData], evaluations: list[dict], plot_dir: str) -
     return lines + ["No evaluation stage."]
   values = {s.name: s.values() for s in stages}
   rows = [[e["stage"], _follows_label(e)] +
-          [_pm(e, k) for k in ("accuracy", "length_mean", "inconsistency_rule",
+          [pm(e, k) for k in ("accuracy", "length_mean", "inconsistency_rule",
                                "inconsistency_judge", "conclusion_rate")] +
-          [_fmt(values[e["stage"]].get(k)) for k in ("eval/format", "eval/truncated_rate")] +
-          [_fmt(e["examples"]), _fmt(e["judge_unknown"])] for e in evaluations]
+          [fmt(values[e["stage"]].get(k)) for k in ("eval/format", "eval/truncated_rate")] +
+          [fmt(e["examples"]), fmt(e["judge_unknown"])] for e in evaluations]
   lines += _table(["stage", "follows", "accuracy", "response length (tokens)",
                    "rule inconsistency", "judge inconsistency", "conclusion rate", "format",
                    "truncated rate", "examples", "judge unknown"], rows)
@@ -499,8 +348,8 @@ def _headline(stages: list[StageData], evaluations: list[dict], plot_dir: str) -
   for ax, (title, ylabel, series) in zip(axes, PANELS):
     for j, (key, label) in enumerate(series):
       shift = (j - (len(series) - 1) / 2) * 0.1
-      ax.errorbar([x + shift for x in xs], [_num(e[key]) for e in evaluations],
-                  yerr=[_num(e[_se_key(key)]) for e in evaluations], fmt="o-", capsize=3,
+      ax.errorbar([x + shift for x in xs], [num(e[key]) for e in evaluations],
+                  yerr=[num(e[se_key(key)]) for e in evaluations], fmt="o-", capsize=3,
                   markersize=4, label=label)
     if len(series) > 1:
       ax.legend(fontsize=7)
@@ -516,7 +365,7 @@ def _grpo(stages: list[StageData], plot_dir: str) -> list[str]:
   if not grpo:
     return lines + ["No GRPO rounds recorded."]
   rows = [[s.name, str(len(rounds))] +
-          [f"{_fmt(rounds[0].get(k))} → {_fmt(rounds[-1].get(k))}" for _, k, _ in GRPO_CURVES]
+          [f"{fmt(rounds[0].get(k))} → {fmt(rounds[-1].get(k))}" for _, k, _ in GRPO_CURVES]
           for s, rounds in grpo]
   lines += _table(["stage", "rounds"] + [f"{t} (first → last)" for t, _, _ in GRPO_CURVES],
                   rows)
@@ -525,7 +374,7 @@ def _grpo(stages: list[StageData], plot_dir: str) -> list[str]:
     start = 0
     for s, rounds in grpo:
       xs = range(start + 1, start + len(rounds) + 1)
-      ax.plot(xs, [_num(r.get(key)) for r in rounds], ".-", color="C0", markersize=3)
+      ax.plot(xs, [num(r.get(key)) for r in rounds], ".-", color="C0", markersize=3)
       ax.axvline(start + 0.5, color="gray", linestyle="--", linewidth=0.8)
       ax.text(start + 0.6, 0.98, s.name, transform=ax.get_xaxis_transform(), fontsize=7,
               va="top")
@@ -543,15 +392,15 @@ def _pairs(stages: list[StageData], verifiers: list[dict], plot_dir: str) -> lis
   families = list(dict.fromkeys([f for v in verifiers for f in v["pairs_by_family"]] +
                                 [f for s in dpos for f in s.done.get("pair_families", {})]))
   counts = [[v["pairs_by_family"].get(f) for f in families] for v in verifiers]
-  rows = [[v["stage"]] + [_fmt(c) for c in row] + [_fmt(v["pairs_total"])]
+  rows = [[v["stage"]] + [fmt(c) for c in row] + [fmt(v["pairs_total"])]
           for v, row in zip(verifiers, counts)]
-  rows += [[f"{s.name} (trained on)"] + [_fmt(s.done.get("pair_families", {}).get(f))
-                                         for f in families] + [_fmt(s.done.get("pairs"))]
+  rows += [[f"{s.name} (trained on)"] + [fmt(s.done.get("pair_families", {}).get(f))
+                                         for f in families] + [fmt(s.done.get("pairs"))]
            for s in dpos]
   lines += _table(["stage"] + families + ["total"], rows)
   fig, axes = _figure(1)
   _bars(axes[0], families,
-        {v["stage"]: [_num(c) for c in row] for v, row in zip(verifiers, counts)})
+        {v["stage"]: [num(c) for c in row] for v, row in zip(verifiers, counts)})
   _label(axes[0], "pairs by family", "pair family", "pairs (count)")
   return lines + ["", _save(fig, plot_dir, "pairs")]
 
@@ -572,25 +421,25 @@ def _judge(stages: list[StageData], independent: dict | None, plot_dir: str) -> 
   lines = ["## Judge", ""]
   if independent is not None:
     lines += [f"Independent judge (stage {independent['stage']}, the evaluations' judge "
-              f"inconsistency): held-out agreement {_fmt(independent['heldout_agreement'])}.", ""]
+              f"inconsistency): held-out agreement {fmt(independent['heldout_agreement'])}.", ""]
   verifiers = _of_kind(stages, "verifier")
   if not verifiers:
     return lines + ["No verifier stage."]
   values = [s.values() for s in verifiers]
   rows = [[s.name, _served(v.get("judge/served")), _trusted(v.get("judge/trusted")),
-           f"{_fmt(v.get('judge/heldout_agreement'))} (n={_fmt(v.get('judge/heldout_count'))})",
-           _fmt(v.get("verifier/judge_agreement")),
-           f"{_fmt(v.get('verifier/fallbacks'))} / {_fmt(v.get('verifier/judged'))}",
-           _fmt(v.get("verifier/inconsistency_rate")), _fmt(v.get("verifier/correct_rate")),
-           _fmt(v.get("verifier/easy_prompts")), _fmt(v.get("verifier/discarded_prompts"))]
+           f"{fmt(v.get('judge/heldout_agreement'))} (n={fmt(v.get('judge/heldout_count'))})",
+           fmt(v.get("verifier/judge_agreement")),
+           f"{fmt(v.get('verifier/fallbacks'))} / {fmt(v.get('verifier/judged'))}",
+           fmt(v.get("verifier/inconsistency_rate")), fmt(v.get("verifier/correct_rate")),
+           fmt(v.get("verifier/easy_prompts")), fmt(v.get("verifier/discarded_prompts"))]
           for s, v in zip(verifiers, values)]
   lines += _table(["stage", "judge served", "judge trusted", "held-out agreement with ground truth",
                    "agreement with rules", "fallbacks / judged", "inconsistency rate",
                    "correct rate", "easy prompts", "discarded prompts"], rows)
   fig, axes = _figure(1)
   _bars(axes[0], [s.name for s in verifiers],
-        {"held-out agreement": [_num(v.get("judge/heldout_agreement")) for v in values],
-         "agreement with rules": [_num(v.get("verifier/judge_agreement")) for v in values]})
+        {"held-out agreement": [num(v.get("judge/heldout_agreement")) for v in values],
+         "agreement with rules": [num(v.get("verifier/judge_agreement")) for v in values]})
   axes[0].set_ylim(0, 1.05)
   _label(axes[0], "judge agreement", "verifier stage", "agreement (fraction)")
   return lines + ["", _save(fig, plot_dir, "judge")]
@@ -602,15 +451,15 @@ def _cost(cost: list[dict], ratio: dict, plot_dir: str) -> list[str]:
            "two responses). Means leave out each stage's first step or round when it has more "
            "than 2 (compilation).", ""]
   lines += _table(["stage", "kind", "s per trained sequence", "values averaged"],
-                  [[c["stage"], c["kind"], _fmt(c["seconds_per_sequence"]),
+                  [[c["stage"], c["kind"], fmt(c["seconds_per_sequence"]),
                     str(c["values_averaged"])] for c in cost])
-  lines += ["", f"GRPO: {_fmt(ratio['grpo_s_per_prompt'])} s per prompt, "
-            f"{_fmt(ratio['grpo_s_per_response'])} s per response (generation, scoring and "
-            f"update). DPO: {_fmt(ratio['dpo_s_per_pair'])} s per pair, "
-            f"{_fmt(ratio['dpo_s_per_sequence'])} s per sequence.", "",
-            f"**DPO is {_fmt(ratio['per_sample_ratio'])}× cheaper per training sample than "
+  lines += ["", f"GRPO: {fmt(ratio['grpo_s_per_prompt'])} s per prompt, "
+            f"{fmt(ratio['grpo_s_per_response'])} s per response (generation, scoring and "
+            f"update). DPO: {fmt(ratio['dpo_s_per_pair'])} s per pair, "
+            f"{fmt(ratio['dpo_s_per_sequence'])} s per sequence.", "",
+            f"**DPO is {fmt(ratio['per_sample_ratio'])}× cheaper per training sample than "
             "GRPO** (GRPO s/prompt ÷ DPO s/pair); per trained sequence "
-            f"{_fmt(ratio['per_sequence_ratio'])}×."]
+            f"{fmt(ratio['per_sequence_ratio'])}×."]
   plotted = [c for c in cost if math.isfinite(c["seconds_per_sequence"])]
   if plotted:
     fig, axes = _figure(1)
@@ -618,8 +467,8 @@ def _cost(cost: list[dict], ratio: dict, plot_dir: str) -> list[str]:
           {"time": [c["seconds_per_sequence"] for c in plotted]})
     axes[0].bar_label(axes[0].containers[0], fmt="%.3g", fontsize=7)
     _label(axes[0], "time per trained sequence; GRPO ÷ DPO = "
-           f"{_fmt(ratio['per_sequence_ratio'])}× per sequence, "
-           f"{_fmt(ratio['per_sample_ratio'])}× per sample (prompt vs pair)",
+           f"{fmt(ratio['per_sequence_ratio'])}× per sequence, "
+           f"{fmt(ratio['per_sample_ratio'])}× per sample (prompt vs pair)",
            "training stage", "seconds per trained sequence")
     lines += ["", _save(fig, plot_dir, "time_per_sequence")]
   return lines
