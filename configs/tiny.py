@@ -108,13 +108,13 @@ def get_config():
       heldout_split="judge_heldout", min_heldout_agreement=0.9, discard_fraction=0.8,
       discard_seed=0))
   # RPO (DPO plus the chosen response's per-token NLL): plain DPO at this scale lowered the
-  # chosen log-probs with the rejected ones and lost 0.12 of 0.29 held-out accuracy in one run. The vision tower
-  # stays frozen, as in GRPO: one encoding of a pair's prompt serves its reference pass and both
-  # of its responses.
+  # chosen log-probs with the rejected ones and lost 0.12 of 0.29 held-out accuracy in one run.
+  # The vision tower stays frozen, as in GRPO: one encoding of a pair's prompt serves its
+  # reference pass and both of its responses, which share one row (`share_prompt`).
   # One bucket per dimension: the pairs are known in advance, and their 16 shape combinations
   # cost more compilation than the padding to one shape (2 programs: with and without images).
   c.stages.dpo = ml_collections.ConfigDict(dict(
-      kind="dpo", pairs="verifier", epochs=2.0, micro_batch=16,
+      kind="dpo", pairs="verifier", epochs=2.0, micro_batch=16, share_prompt=True,
       data=_data("train", 16, seed=2, prompt_buckets=(256,), response_buckets=(128,),
                  patch_buckets=(4096,)),
       objective=dict(beta=0.1, nll_coef=1.0),

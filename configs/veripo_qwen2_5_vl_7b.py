@@ -193,7 +193,7 @@ def recipe(*, checkpoint, preset, mesh, hosts, prompts_per_round, activation_mic
     # Pair-fast-align: one pass over the verifier's pairs (steps = pairs / 32), on the
     # split the verified rollouts came from.
     c.stages[dpo] = ml_collections.ConfigDict(dict(
-        kind="dpo", pairs=verifier, epochs=1.0, micro_batch=dpo_micro_batch,
+        kind="dpo", pairs=verifier, epochs=1.0, micro_batch=dpo_micro_batch, share_prompt=True,
         data=_train_data("video_qa", dpo_pairs, 10 + i, max_response),
         objective=dict(beta=FAST_ALIGN["beta"], remat=remat),
         optimizer=_optimizer(FAST_ALIGN["learning_rate"]), save_every_steps=100))
