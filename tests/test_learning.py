@@ -1,13 +1,15 @@
 """The paper's Figure 1 in miniature, on `configs/tiny.py` reduced to what CI can afford: the SFT
 warm start, GRPO, the verifier (rules instead of the trained judge, which agrees with them on
-91-98% of the rollouts in full runs) and DPO on its pairs, each followed by its held-out
+91-99% of the rollouts in full runs) and DPO on its pairs, each followed by its held-out
 evaluation.
 
-Asserted, because it held on every seed measured (README): the warm start states conclusions;
-GRPO shortens the responses without losing accuracy; DPO on the verifier's pairs lowers the
-inconsistency rate GRPO left by at least 3 standard errors and lengthens the responses, within
-two standard errors of GRPO's accuracy. Not asserted: the issue's +0.10 GRPO accuracy gain,
-which no seed reached (+0.02 to +0.06, about one standard error).
+Asserted, because it held in every run measured (README: three seeds on an AMD EPYC VM, seed 0
+on an Intel Xeon VM): the warm start states conclusions; GRPO does not lose accuracy; DPO on the
+verifier's pairs lowers the inconsistency rate GRPO left by at least 3 standard errors, within
+two standard errors of GRPO's accuracy. Not asserted: the issue's +0.10 GRPO gain (+0.02 to
++0.08 measured), and the response lengths, whose direction differed between the two VMs (XLA's
+CPU kernels differ, so the same seed takes another trajectory): GRPO shortened and DPO
+lengthened on the AMD VM, the opposite on the Intel one.
 """
 
 import json
@@ -35,8 +37,6 @@ def test_grpo_then_verifier_dpo_show_figure_1(tmp_path):
   se = lambda key, a, b: math.hypot(a[f"{key}_se"], b[f"{key}_se"])
   assert warm["conclusion_rate"] >= 0.7, warm
   assert grpo["accuracy"] >= warm["accuracy"], (warm, grpo)
-  assert warm["length_mean"] - grpo["length_mean"] >= 2 * se("length", warm, grpo), (warm, grpo)
   drop = grpo["inconsistency_rule"] - dpo["inconsistency_rule"]
   assert drop >= 3 * se("inconsistency_rule", grpo, dpo), (grpo, dpo)
-  assert dpo["length_mean"] > grpo["length_mean"], (grpo, dpo)
   assert grpo["accuracy"] - dpo["accuracy"] <= 2 * se("accuracy", grpo, dpo), (grpo, dpo)
