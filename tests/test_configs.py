@@ -77,8 +77,8 @@ def test_references_point_to_earlier_stages(config):
         earlier(name, stage.judge.from_stage, ("sft", "grpo", "dpo"), "judge.from_stage")
     if kind == "dpo":
       verifier = earlier(name, section.pairs, ("verifier",), "pairs")
-      # Pairs name their prompts by position in the split the verified rollouts came from,
-      # and the DPO stage must encode them as the sampler saw them.
+      # The paper's DPO stages read the split of the rollouts their pairs come from and encode
+      # the prompts as the sampler saw them.
       source = stages[verifier.rollouts_from][1].data
       assert (stage.data.split, stage.data.dataset_dir, stage.data.template, stage.data.vision
               ) == (source.split, source.dataset_dir, source.template, source.vision), name
@@ -223,9 +223,12 @@ def _world_tokenizer(tmp_path):
      "config.stages.dpo.pairs: 'grpo' is a grpo stage; expected verifier"),
     (lambda c: setattr(c.stages.verifier, "rollouts_from", "grpo_2"),
      "config.stages.verifier.rollouts_from: 'grpo_2' is not an earlier stage"),
-    (lambda c: setattr(c.stages.dpo.data, "split", "heldout"),
-     "config.stages.dpo.data.split: 'heldout', but the prompts it reads by index come from "
-     "stage grpo with 'train'"),
+    (lambda c: setattr(c.stages.dpo.data, "template", "judge"),
+     "config.stages.dpo.data.template: 'judge', but the stage encodes the pairs' prompts as "
+     "stage grpo, which has 'synthetic_think'"),
+    (lambda c: setattr(c.stages.grpo_2.data, "split", "heldout"),
+     "config.stages.grpo_2.data.split: 'heldout', but the stage reads the prompts it discards "
+     "by index from stage grpo, which has 'train'"),
     (lambda c: setattr(c.stages.grpo_2, "kind", "grpoo"),
      "config.stages.grpo_2.kind: unknown 'grpoo' (did you mean 'grpo'?)"),
     (lambda c: setattr(c, "stage_order", ("sft", "eval_sfd")),

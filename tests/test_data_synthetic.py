@@ -21,7 +21,7 @@ from veripo_jax.data.synthetic.world import WorldConfig, make_example
 from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.data.video import decode_frames
 from veripo_jax.models.qwen2_5_vl.config import get_preset
-from veripo_jax.rl.verifier import rule_consistent
+from veripo_jax.rl.answers import rule_consistent
 
 WORLD = WorldConfig(tokenizer_corpus_examples=200, tokenizer_vocab_size=600)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

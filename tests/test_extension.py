@@ -11,7 +11,7 @@ import pytest
 
 from veripo_jax.config_utils import ConfigError
 from veripo_jax.rl import loop
-from veripo_jax.rl.plan import STAGE_KINDS, register_stage_kind
+from veripo_jax.rl.stage_kinds import STAGE_KINDS, register_stage_kind
 from veripo_jax.rl.stage import DataConfig, Stage
 
 

@@ -9,10 +9,11 @@ import time
 import numpy as np
 import pytest
 
+from veripo_jax.rl.answers import parse_response
 from veripo_jax.rl.rewards import (REWARDS, accuracy_reward, format_reward, get_reward,
                                    mean_relative_accuracy, normalize_problem_type,
-                                   parse_response, register_reward, rouge_scores, score_rollouts,
-                                   total_reward, word_error_rate)
+                                   register_reward, rouge_scores, score_rollouts, total_reward,
+                                   word_error_rate)
 
 
 def R(answer: str, think: str = "I look at the video.") -> str:

@@ -10,9 +10,13 @@ import pytest
 
 from veripo_jax import main as runner
 from veripo_jax.config_utils import load_config_file
+from veripo_jax.data.datasets import data_source
+from veripo_jax.data.loader import as_text
 from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.world import WorldConfig
-from veripo_jax.rl.pairs import Pair, write_pairs
+from veripo_jax.rl.pair_families import Member, stored_pair
+from veripo_jax.rl.pairs import write_pairs
+from veripo_jax.rl.rollout import read_rollout_records
 from veripo_jax.rl.stage import Preempted
 from veripo_jax.train.metrics import read_metrics
 from veripo_jax.train.preemption import PreemptionGuard
@@ -115,24 +119,24 @@ def test_unknown_stage_field_is_an_error(world, tmp_path):
 
 def test_dpo_stage_on_pairs_from_stored_rollouts(world, straight, tmp_path):
   """Best-vs-worst pairs from the GRPO rollouts train a DPO stage that starts from GRPO's
-  exported policy; its first step's chosen/rejected rewards start at 0 (policy = reference)."""
+  exported policy; its first step's chosen/rejected rewards start at 0 (policy = reference).
+  The pairs name the dataset and split of their prompts, which the DPO stage reads even though
+  its own data config names another split (whose 8 examples the pairs' indices overrun)."""
   workdir = tmp_path / "run"
   shutil.copytree(straight, workdir)
-  records = [json.loads(line) for name in ("round_00000.jsonl", "round_00001.jsonl")
-             for line in (workdir / "stages/grpo/rollouts" / name).read_text().splitlines()]
-  pairs = []
-  for i in range(0, len(records), 2):
-    a, b = records[i], records[i + 1]
-    if a["tokens"] != b["tokens"]:
-      pairs.append(Pair(a["prompt_id"], a["source_index"], "test", tuple(a["tokens"]),
-                        tuple(b["tokens"])))
-  assert len(pairs) >= 4
+  records = read_rollout_records(str(workdir / "stages/grpo"))
+  assert {(r["dataset_dir"], r["split"]) for r in records} == {(world.dataset_dir, "train")}
+  pairs = [stored_pair(Member(a, None, None, None), Member(b, None, None, None), "test")
+           for a, b in zip(records[::2], records[1::2]) if a["tokens"] != b["tokens"]]
+  assert len(pairs) >= 4 and max(p.source_index for p in pairs) >= 8
+  assert {(p.dataset_dir, p.split) for p in pairs} == {(world.dataset_dir, "train")}
   write_pairs(str(tmp_path / "pairs.jsonl"), pairs)
   cfg = small_run_config(world)
   cfg.stage_order = ("sft", "grpo", "dpo")
   with cfg.unlocked():
     cfg.stages.dpo = dict(kind="dpo", pairs=str(tmp_path / "pairs.jsonl"), epochs=1.0,
-                          micro_batch=2, data=dict(cfg.stages.grpo.data.to_dict(), batch_size=4),
+                          micro_batch=2, data=dict(cfg.stages.grpo.data.to_dict(), batch_size=4,
+                                                   split="heldout"),
                           optimizer=dict(learning_rate=1e-3))
   summaries = runner.run(cfg, str(workdir))
   assert summaries["dpo"]["steps"] == -(-len(pairs) // 4)
@@ -142,3 +146,17 @@ def test_dpo_stage_on_pairs_from_stored_rollouts(world, straight, tmp_path):
   np.testing.assert_allclose(first["dpo/loss"], np.log(2), atol=1e-5)   # -log sigmoid(0)
   np.testing.assert_allclose(first["dpo/margin"], 0.0, atol=1e-5)
   assert os.path.exists(workdir / "stages/dpo/policy/config.json")
+
+
+def test_rollout_records_carry_the_whole_example(world, straight):
+  """What rewards and the verifier read comes with each rollout: the example's gold answer,
+  problem type, options, task and data type, as the dataset stores them."""
+  train = data_source(world.dataset_dir, "train")
+  records = read_rollout_records(str(straight / "stages/grpo"))
+  assert records and any(r["options"] for r in records)
+  for r in records:
+    stored = train[r["source_index"]]
+    assert r["prompt_id"] == as_text(stored["id"])
+    assert r["options"] == [as_text(o) for o in stored["options"]]
+    for key in ("answer", "problem_type", "task", "data_type"):
+      assert r[key] == as_text(stored[key]), key

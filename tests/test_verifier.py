@@ -10,12 +10,13 @@ from decimal import Decimal
 import pytest
 
 from veripo_jax.rl import pair_families
+from veripo_jax.rl.answers import rule_consistent, stated_answer
 from veripo_jax.rl.pair_families import reflection_text
 from veripo_jax.rl.pairs import read_pairs
 from veripo_jax.rl.verifier import (JUDGE_PROMPT, PromptJudge, RuleJudge, VerifierConfig,
                                     parse_verdict, reasoning_repetition, render_judge_prompt,
-                                    repetition_ratio, rule_consistent, rule_inconsistency_rate,
-                                    stated_answer, verify, write_verifier_outputs)
+                                    repetition_ratio, rule_inconsistency_rate, verify,
+                                    write_verifier_outputs)
 
 EOS, BOS = 1_000_000, 1_000_001
 PHRASE = "Wait, let me check this again."

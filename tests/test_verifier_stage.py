@@ -22,11 +22,11 @@ from veripo_jax.data.synthetic.world import WorldConfig, make_example
 from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.inference import generate
 from veripo_jax.models.qwen2_5_vl import Qwen25VL, get_preset, save_hf_checkpoint
-from veripo_jax.rl.rewards import parse_response
-from veripo_jax.rl.verifier import (PromptJudge, VerifierConfig, parse_verdict, rule_consistent,
-                                    verify)
+from veripo_jax.rl.answers import parse_response, rule_consistent
+from veripo_jax.rl.rollout import read_rollout_records
+from veripo_jax.rl.verifier import PromptJudge, VerifierConfig, parse_verdict, verify
 from veripo_jax.rl.verifier_stage import (JudgeConfig, choose_discarded, easy_prompts,
-                                          heldout_agreement, read_rollout_records, serve_judge)
+                                          heldout_agreement, serve_judge)
 from veripo_jax.serving.client import JudgeClient
 from veripo_jax.serving.server import start_server
 

@@ -16,9 +16,11 @@ import numpy as np
 from veripo_jax.data.tokenization import SpecialIds
 from veripo_jax.models.qwen2_5_vl.rope_index import get_rope_index
 
+# What a batch row carries besides its arrays: the whole example as the rewards, the verifier
+# and the evaluations read it. `source_index` is the example's position in its split (finds it
+# again, e.g. for DPO pairs).
 TEXT_FIELDS = ("id", "answer", "problem_type", "data_type", "task")
-# `source_index` is the example's position in its split (finds it again, e.g. for DPO pairs).
-META_FIELDS = TEXT_FIELDS + ("source_index",)
+EXAMPLE_FIELDS = TEXT_FIELDS + ("options", "source_index")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +111,9 @@ class Collator:
         pixel_values=images, image_grid_thw=image_grid)
     for field in TEXT_FIELDS:
       batch[field] = np.array([e[field] for e in examples] + [""] * (rows - real), object)
+    batch["options"] = np.empty(rows, object)     # one list per row, not a 2-D array
+    for i in range(rows):
+      batch["options"][i] = list(examples[i].get("options", ())) if i < real else []
     batch["source_index"] = np.array(
         [e.get("source_index", -1) for e in examples] + [-1] * (rows - real), np.int64)
     return batch

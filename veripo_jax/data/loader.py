@@ -18,7 +18,7 @@ import grain
 import jax
 import numpy as np
 
-from veripo_jax.data.batching import META_FIELDS, BatchSpec, Collator
+from veripo_jax.data.batching import EXAMPLE_FIELDS, BatchSpec, Collator
 from veripo_jax.data.errors import BadExampleError
 from veripo_jax.data.prompts import PromptTemplates, get_templates
 from veripo_jax.data.tokenization import PromptEncoder, SpecialIds, load_tokenizer
@@ -97,7 +97,7 @@ class ExampleProcessor(grain.transforms.Map):
     if len(prompt) > c.batch.prompt_buckets[-1]:
       raise BadExampleError("too_long", f"prompt of {len(prompt)} tokens exceeds the largest "
                             f"prompt bucket {c.batch.prompt_buckets[-1]}")
-    example = {k: record[k] for k in META_FIELDS}
+    example = {k: record[k] for k in EXAMPLE_FIELDS}
     example["prompt_ids"] = prompt
     if c.batch.with_response:
       response = self.encoder.response_ids(record)

@@ -148,6 +148,8 @@ def seconds_per_sequence(steps: list[tuple[float, int]]) -> float | None:
 
 class DPOStage(Stage):
   kind = "dpo"
+  trains = True
+  step_times = (("time/sequence_s", 1), ("time/sample_s", 2))
 
   def __init__(self, ctx: RunContext, name: str, cfg: DPOConfig, pairs: list[Pair]):
     super().__init__(ctx, name, cfg.keep_checkpoints)
@@ -169,7 +171,7 @@ class DPOStage(Stage):
         self.pairs, ctx.data_dir(cfg.data), cfg.data.split, ctx.loader_config(cfg.data),
         merge_size=v.spatial_merge_size, patch_dim=v.patch_dim,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        gather_hosts=jax.process_count() > 1))
+        gather_hosts=jax.process_count() > 1, resolve_dataset_dir=ctx.resolve_dataset_dir))
     extras = self.restore(learner)
     if extras is not None:
       loader.set_state(extras["loader"])

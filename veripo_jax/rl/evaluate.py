@@ -41,10 +41,9 @@ def evaluate(ctx: RunContext, model, cfg: EvalConfig, *, desc: str = "eval"
                                 jax.random.key(ctx.seed + i), eos_token_ids=ctx.eos_token_ids,
                                 pad_token_id=ctx.model_config.pad_token_id, mesh=ctx.mesh,
                                 rules=ctx.rules)
-    for rec, owner in zip(rollouts.records(), rollouts.owner):
+    for rec in rollouts.records():
       if rec["length"] > 0:
         rec.pop("logprobs")
-        rec["task"] = str(prompts["task"][owner])
         records.append(rec)
   return summarize(records, time.perf_counter() - start), records
 

@@ -113,6 +113,8 @@ def round_updates(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: d
 
 class GRPOStage(Stage):
   kind = "grpo"
+  trains = True
+  step_times = (("time/response_s", 1), ("time/sample_s", 1))
 
   def __init__(self, ctx: RunContext, name: str, cfg: GRPOConfig):
     super().__init__(ctx, name, cfg.keep_checkpoints)
@@ -150,7 +152,7 @@ class GRPOStage(Stage):
         rollouts = collect_rollouts(
             learner.model(), prompts, ctx.tokenizer, cfg.rollout, jax.random.fold_in(base_key, r),
             eos_token_ids=ctx.eos_token_ids, pad_token_id=ctx.model_config.pad_token_id,
-            mesh=ctx.mesh, rules=ctx.rules)
+            mesh=ctx.mesh, rules=ctx.rules, dataset=ctx.dataset_ref(cfg.data))
         write_rollouts(self.rollout_path(r), rollouts)
       generate_s = time.perf_counter() - start
       live = np.asarray(prompts["example_mask"], bool)

@@ -21,7 +21,7 @@ import jax
 from veripo_jax.data.prompts import JUDGE_PROMPT
 from veripo_jax.fileio import read_jsonl, write_jsonl_atomic
 from veripo_jax.rl.artifacts import RESPONSES_FILE, VERDICTS_FILE
-from veripo_jax.rl.rewards import parse_response
+from veripo_jax.rl.answers import parse_response
 from veripo_jax.rl.stage import RunContext, Stage
 from veripo_jax.rl.verifier import PromptJudge, parse_verdict
 from veripo_jax.rl.verifier_stage import JudgeConfig, heldout_judge_metrics, serve_judge

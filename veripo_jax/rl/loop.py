@@ -32,7 +32,8 @@ from veripo_jax.models.qwen2_5_vl import (Qwen25VL, Qwen25VLConfig, from_hf_conf
 from veripo_jax.parallel.sharding import make_mesh, merge_rules, shard_model
 from veripo_jax.rl.artifacts import pairs_file, stage_dir
 from veripo_jax.rl.pairs import read_pairs
-from veripo_jax.rl.plan import STAGE_KINDS, PlannedStage, is_path, plan
+from veripo_jax.rl.plan import PlannedStage, is_path, plan
+from veripo_jax.rl.stage_kinds import STAGE_KINDS
 from veripo_jax.rl.recorded_config import (check_data, check_stages, record_stage,
                                            set_aside)
 from veripo_jax.rl.stage import RunContext, Stage
@@ -100,7 +101,7 @@ def load_policy(cfg, path: str, config: Qwen25VLConfig, mesh, rules) -> Qwen25VL
 
 
 def make_stage(ctx: RunContext, planned: PlannedStage) -> Stage:
-  _, stage_cls = STAGE_KINDS[planned.kind]
+  stage_cls = STAGE_KINDS[planned.kind].stage
   if planned.kind != "dpo":
     return stage_cls(ctx, planned.name, planned.config)
   pairs = planned.pairs

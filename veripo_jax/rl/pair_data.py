@@ -1,7 +1,8 @@
 """The Grain pipeline that turns stored preference pairs into DPO batches.
 
-Each pair's prompt example is re-read by `source_index` and encoded like a rollout prompt; the
-chosen and rejected responses share that one encoding. Every batch carries `pair_index` (the
+Each pair's prompt example is re-read from the split the pair names (`dataset_dir`, `split`,
+`source_index`) and encoded like a rollout prompt; the chosen and rejected responses share that
+one encoding. Every batch carries `pair_index` (the
 pair's position in the stage's pair list, -1 on filler rows), which keys per-pair values the
 stage keeps across epochs (the reference log-probs).
 """
@@ -9,7 +10,7 @@ stage keeps across epochs (the reference log-probs).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import grain
 import numpy as np
@@ -37,13 +38,16 @@ class IndexedPairs(Sequence):
 class PairProcessor(grain.transforms.Map):
   """(index, pair) -> the encoded prompt example plus its two responses (or a skip marker)."""
 
-  def __init__(self, source, examples: ExampleProcessor):
-    self._source = source
+  def __init__(self, sources: Mapping[tuple[str, str], Any], keys: Sequence[tuple[str, str]],
+               examples: ExampleProcessor):
+    self._sources = sources          # (dataset_dir, split) -> data source
+    self._keys = keys                # per pair index: its (dataset_dir, split)
     self._examples = examples
 
   def map(self, element: tuple[int, Pair]) -> dict:
     index, pair = element
-    example = self._examples.map({**self._source[pair.source_index],
+    source = self._sources[self._keys[index]]
+    example = self._examples.map({**source[pair.source_index],
                                   "source_index": pair.source_index})
     if "skipped" not in example:
       example["pair_index"] = index
@@ -80,9 +84,17 @@ class PairCollator:
 
 def pair_loader(pairs: Sequence[Pair], dataset_dir: str, split: str, config: LoaderConfig, *,
                 merge_size: int, patch_dim: int, process_index: int = 0,
-                process_count: int = 1, gather_hosts: bool = False) -> Loader:
-  """Shuffled (seeded), repeated DPO batches of `config.batch.batch_size` pairs per host."""
-  transform = PairProcessor(data_source(dataset_dir, split), ExampleProcessor(config, merge_size))
+                process_count: int = 1, gather_hosts: bool = False,
+                resolve_dataset_dir: Callable[[str], str] = lambda recorded: recorded) -> Loader:
+  """Shuffled (seeded), repeated DPO batches of `config.batch.batch_size` pairs per host.
+
+  Each pair's prompt is read from the dataset and split it names; `dataset_dir` and `split`
+  serve pairs that name none. `resolve_dataset_dir` turns a recorded directory into a path.
+  """
+  keys = [(resolve_dataset_dir(p.dataset_dir) if p.dataset_dir else dataset_dir,
+           p.split or split) for p in pairs]
+  sources = {key: data_source(*key) for key in set(keys)}
+  transform = PairProcessor(sources, keys, ExampleProcessor(config, merge_size))
   return Loader(batch_pipeline(grain.MapDataset.source(IndexedPairs(pairs)), transform,
                                PairCollator(collator(config, merge_size, patch_dim)), config,
                                process_index=process_index, process_count=process_count,

@@ -55,7 +55,9 @@ def stored_pair(best: Member, rejected: Member, family: str) -> Pair:
               source_index=int(best.record["source_index"]), family=family,
               chosen_tokens=tuple(best.record["tokens"]),
               rejected_tokens=tuple(rejected.record["tokens"]),
-              chosen_text=best.record["text"], rejected_text=rejected.record["text"])
+              chosen_text=best.record["text"], rejected_text=rejected.record["text"],
+              dataset_dir=str(best.record.get("dataset_dir", "")),
+              split=str(best.record.get("split", "")))
 
 
 def reflection_text(wrong_reasoning: str, phrase: str, good_reasoning: str,

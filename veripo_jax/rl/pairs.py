@@ -1,8 +1,10 @@
 """Preference pairs on disk (JSON lines): what the verifier writes and the DPO stage reads.
 
-A pair names its prompt by `source_index` (the example's position in its dataset split), so the
-DPO stage re-reads and re-encodes that example's video with the same preprocessing as the
-rollout; chosen and rejected responses are stored as token ids (and text, for people).
+A pair names its prompt by `dataset_dir`, `split` and `source_index` (the example's position in
+that split), so the DPO stage re-reads and re-encodes that example's video with the same
+preprocessing as the rollout, whatever split its own data config reads; chosen and rejected
+responses are stored as token ids (and text, for people). A `dataset_dir` inside the workdir is
+stored relative to it (`RunContext.dataset_ref`); "" fields fall back to the DPO stage's data.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ class Pair:
   rejected_tokens: tuple[int, ...]
   chosen_text: str = ""
   rejected_text: str = ""
+  dataset_dir: str = ""
+  split: str = ""
 
   def to_json(self) -> dict:
-    return {"prompt_id": self.prompt_id, "source_index": self.source_index,
-            "family": self.family,
+    return {"prompt_id": self.prompt_id, "dataset_dir": self.dataset_dir, "split": self.split,
+            "source_index": self.source_index, "family": self.family,
             "chosen": {"tokens": list(self.chosen_tokens), "text": self.chosen_text},
             "rejected": {"tokens": list(self.rejected_tokens), "text": self.rejected_text}}
 
@@ -36,7 +40,8 @@ class Pair:
                family=d["family"], chosen_tokens=tuple(d["chosen"]["tokens"]),
                rejected_tokens=tuple(d["rejected"]["tokens"]),
                chosen_text=d["chosen"].get("text", ""),
-               rejected_text=d["rejected"].get("text", ""))
+               rejected_text=d["rejected"].get("text", ""),
+               dataset_dir=str(d.get("dataset_dir", "")), split=str(d.get("split", "")))
 
 
 def write_pairs(path: str, pairs: Sequence[Pair]) -> None:

@@ -15,26 +15,7 @@ from typing import Any
 from veripo_jax.config_utils import ConfigError, closest, from_config
 from veripo_jax.models.qwen2_5_vl.config import PRESETS
 from veripo_jax.parallel.sharding import merge_rules
-from veripo_jax.rl.dpo import DPOConfig, DPOStage
-from veripo_jax.rl.evaluate import EvalConfig, EvalStage
-from veripo_jax.rl.grpo import GRPOConfig, GRPOStage
-from veripo_jax.rl.judge_eval import JudgeEvalConfig, JudgeEvalStage
-from veripo_jax.rl.sft import SFTConfig, SFTStage
-from veripo_jax.rl.verifier_stage import VerifierStage, VerifierStageConfig
-
-STAGE_KINDS = {"sft": (SFTConfig, SFTStage), "grpo": (GRPOConfig, GRPOStage),
-               "dpo": (DPOConfig, DPOStage), "eval": (EvalConfig, EvalStage),
-               "verifier": (VerifierStageConfig, VerifierStage),
-               "judge_eval": (JudgeEvalConfig, JudgeEvalStage)}
-
-
-def register_stage_kind(kind: str, config_cls: type, stage_cls: type) -> None:
-  """Makes `kind` a stage kind: `config_cls` types its section, `stage_cls(ctx, name, config)`
-  runs it (a `rl.stage.Stage`)."""
-  if kind in STAGE_KINDS:
-    raise ValueError(f"stage kind {kind!r} is already registered")
-  STAGE_KINDS[kind] = (config_cls, stage_cls)
-
+from veripo_jax.rl.stage_kinds import STAGE_KINDS, training_kinds
 
 # Fields of `config.stages.<name>` the loop reads itself (the rest go to the kind's config):
 #   kind       the stage class (STAGE_KINDS);
@@ -45,7 +26,6 @@ def register_stage_kind(kind: str, config_cls: type, stage_cls: type) -> None:
 #   pairs      (dpo) a verifier stage's name, or a pairs.jsonl path;
 #   model      (init="fresh") the stage model's own preset/text/vision, e.g. a smaller judge.
 RUNNER_FIELDS = ("kind", "init", "hands_off", "pairs", "model")
-TRAINING_KINDS = ("sft", "grpo", "dpo")
 _MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -90,7 +70,7 @@ def _build(cfg, name: str) -> PlannedStage:
   if kind not in STAGE_KINDS:
     raise ConfigError(f"config.stages.{name}.kind: unknown {kind!r}{closest(kind, STAGE_KINDS)}; "
                       f"known: {sorted(STAGE_KINDS)}")
-  config_cls, stage_cls = STAGE_KINDS[kind]
+  config_cls, stage_cls = STAGE_KINDS[kind].config, STAGE_KINDS[kind].stage
   fields = {k: v for k, v in section.items() if k not in RUNNER_FIELDS}
   hands_off = section.get("hands_off")
   if hands_off is not None and not isinstance(hands_off, bool):
@@ -119,7 +99,7 @@ def _check_references(cfg, stages: dict[str, PlannedStage]) -> None:
   for name, stage in stages.items():
     c = stage.config
     if stage.init not in ("", "fresh") and not is_path(stage.init):
-      earlier(name, "init", stage.init, TRAINING_KINDS)
+      earlier(name, "init", stage.init, training_kinds())
     model = cfg.stages[name].get("model")
     if model:
       if stage.init != "fresh":
@@ -131,31 +111,32 @@ def _check_references(cfg, stages: dict[str, PlannedStage]) -> None:
                           "['preset', 'text', 'vision']")
     if stage.kind == "dpo" and not is_path(stage.pairs):
       verifier = earlier(name, "pairs", stage.pairs, ("verifier",))
-      # Pairs name their prompts by position in the split the verified rollouts came from,
-      # and DPO must encode them as the sampler saw them.
-      _same_data(name, c.data, stages[verifier.config.rollouts_from],
-                 ("split", "dataset_dir", "template", "vision"))
+      # Pairs name their prompts' dataset and split; DPO must encode them as the sampler saw
+      # them.
+      _same_data(name, c.data, stages[verifier.config.rollouts_from], ("template", "vision"),
+                 "encodes the pairs' prompts as")
     if stage.kind == "verifier":
       earlier(name, "rollouts_from", c.rollouts_from, ("grpo",))
     if stage.kind in ("verifier", "judge_eval") and c.judge.from_stage:
-      earlier(name, "judge.from_stage", c.judge.from_stage, TRAINING_KINDS)
+      earlier(name, "judge.from_stage", c.judge.from_stage, training_kinds())
     if stage.kind == "grpo":
       for ref in c.discard_from:
         verifier = earlier(name, "discard_from", ref, ("verifier",))
         _same_data(name, c.data, stages[verifier.config.rollouts_from],
-                   ("split", "dataset_dir"))
+                   ("split", "dataset_dir"), "reads the prompts it discards by index from")
     if stage.kind == "judge_eval":
       for ref in c.evals:
         earlier(name, "evals", ref, ("eval",))
 
 
-def _same_data(name: str, data, source: PlannedStage, fields: tuple[str, ...]) -> None:
-  """Prompt indices from `source`'s rollouts mean the same examples in stage `name`'s data."""
+def _same_data(name: str, data, source: PlannedStage, fields: tuple[str, ...],
+               why: str) -> None:
+  """Stage `name`'s data agrees with `source`'s in `fields` (it `why` that stage)."""
   for field in fields:
     mine, theirs = getattr(data, field), getattr(source.config.data, field)
     if mine != theirs:
-      raise ConfigError(f"config.stages.{name}.data.{field}: {mine!r}, but the prompts it reads "
-                        f"by index come from stage {source.name} with {theirs!r}")
+      raise ConfigError(f"config.stages.{name}.data.{field}: {mine!r}, but the stage {why} "
+                        f"stage {source.name}, which has {theirs!r}")
 
 
 def plan(cfg) -> dict[str, PlannedStage]:

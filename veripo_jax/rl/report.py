@@ -28,18 +28,12 @@ from veripo_jax.rl.artifacts import DONE_FILE, RESPONSES_FILE, VERDICTS_FILE, st
 from veripo_jax.train.metrics import METRICS_FILE, read_metrics
 from veripo_jax.rl.claims import evaluate_claims
 from veripo_jax.rl.report_numbers import NA, fmt, mean, num, pm, ratio, se_key
+from veripo_jax.rl.stage_kinds import kind_of_metric, step_times, training_kinds
 from veripo_jax.rl.stats import evaluation_stats
 
 REPORT_FILE = "report.md"
 SUMMARY_FILE = "report.json"
 PLOT_DIR = "report"
-TRAINING_KINDS = ("sft", "grpo", "dpo")
-KINDS = TRAINING_KINDS + ("eval", "verifier", "judge_eval")
-# Per training kind, the metrics that time one step or round, in order of preference, with the
-# number of trained sequences each timed unit holds (GRPO's sample is one response; DPO's a pair).
-SEQUENCE_TIMES = {"sft": (("time/sample_s", 1),),
-                  "grpo": (("time/response_s", 1), ("time/sample_s", 1)),
-                  "dpo": (("time/sequence_s", 1), ("time/sample_s", 2))}
 # The per-evaluation figure: (title, y-axis label, ((number, series label), ...)) per panel.
 PANELS = (("accuracy", "accuracy (fraction)", (("accuracy", None),)),
           ("response length", "tokens", (("length_mean", None),)),
@@ -118,7 +112,7 @@ def summarize(workdir: str, stages: list[StageData]) -> dict:
   return {"evaluations": evaluations,
           "verifier": [_verifier(s) for s in _of_kind(stages, "verifier")],
           "independent_judge": _independent_judge(stages),
-          "cost": [_cost_entry(s) for s in stages if s.kind in TRAINING_KINDS],
+          "cost": [_cost_entry(s) for s in stages if s.kind in training_kinds()],
           "dpo_vs_grpo": _dpo_vs_grpo(stages),
           "claims": evaluate_claims(evaluations, {s.name: s.kind for s in stages}),
           "wall_s": _wall(stages)}
@@ -140,10 +134,9 @@ def _load_stage(workdir: str, name: str, records: list[dict]) -> StageData:
 
 
 def _kind_from_metrics(records: list[dict]) -> str:
-  prefixes = {"judge": "verifier", **{k: k for k in KINDS}}
   for record in records:
     for key in record:
-      kind = prefixes.get(key.split("/")[0]) if "/" in key else None
+      kind = kind_of_metric(key)
       if kind:
         return kind
   return "?"
@@ -176,7 +169,7 @@ def _of_kind(stages: list[StageData], kind: str) -> list[StageData]:
 
 def _follows(stages: list[StageData], stage: StageData) -> str | None:
   """The training stage (sft, grpo, dpo) last before `stage`, by name; None if there is none."""
-  trained = [s.name for s in stages[:stages.index(stage)] if s.kind in TRAINING_KINDS]
+  trained = [s.name for s in stages[:stages.index(stage)] if s.kind in training_kinds()]
   return trained[-1] if trained else None
 
 
@@ -224,7 +217,7 @@ def _independent_judge(stages: list[StageData]) -> dict | None:
 
 def _sequence_times(stage: StageData) -> list[float]:
   """A training stage's seconds per trained sequence, one value per timed step or round."""
-  for metric, sequences in SEQUENCE_TIMES[stage.kind]:
+  for metric, sequences in step_times(stage.kind):
     values = stage.timed(metric)
     if values:
       return [v / sequences for v in values]

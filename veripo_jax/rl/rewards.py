@@ -24,64 +24,17 @@ import functools
 import math
 import re
 import threading
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import math_verify
 import numpy as np
 from math_verify.errors import TimeoutException
 
-_END_TOKENS = ("<|im_end|>", "<|endoftext|>")
-_END_TAIL = re.compile(r"(?:\s|%s)*" % "|".join(re.escape(t[::-1]) for t in _END_TOKENS))
-_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-_STRICT = re.compile(r"\s*<think>(.*)</think>\s*<answer>(.*)</answer>\s*", re.DOTALL)
+from veripo_jax.rl.answers import (gold_letter, last_inner, normalize_space, parse_response,
+                                   single_number, unwrap_answer)
 
-
-@dataclass(frozen=True)
-class ParsedResponse:
-  think: str | None  # last complete <think> pair, stripped; None if there is none
-  answer: str | None  # last complete <answer> pair, stripped; None if there is none
-  well_formed: bool
-
-
-def _as_text(response: Any) -> str:
-  if isinstance(response, str):
-    return response
-  if isinstance(response, bytes):
-    return response.decode("utf-8", errors="replace")
-  return ""
-
-
-def _strip_end_tokens(text: str) -> str:
-  """Trailing whitespace and chat end tokens (generation artefacts, not part of the format)
-  removed; matched on the reversed text, which keeps it linear in the text's length."""
-  return text[:len(text) - _END_TAIL.match(text[::-1]).end()]
-
-
-def _last_inner(text: str, tag: str) -> str | None:
-  """Content of the last complete innermost pair (`<a><a>B</a></a>` → "B"), or None.
-
-  The last opening tag before the last closing tag, up to the first closing tag after it (any
-  later closing tag follows another closing tag). Plain `str.find`s keep megabyte texts cheap.
-  """
-  opening, closing = f"<{tag}>", f"</{tag}>"
-  start = text.rfind(opening, 0, max(text.rfind(closing), 0))
-  if start < 0:
-    return None
-  start += len(opening)
-  return text[start:text.find(closing, start)].strip()
-
-
-def parse_response(text: str) -> ParsedResponse:
-  """Well-formed: optional whitespace, one non-empty `<think>…</think>`, then one
-  `<answer>…</answer>`, only whitespace between and after; each of the four tags exactly once."""
-  text = _as_text(text)
-  body = _strip_end_tokens(text)
-  # Counting first keeps the regex linear: with each tag once it cannot backtrack over many.
-  match = _STRICT.fullmatch(body) if all(body.count(t) == 1 for t in _TAGS) else None
-  well_formed = match is not None and bool(match.group(1).strip())
-  return ParsedResponse(_last_inner(text, "think"), _last_inner(text, "answer"), well_formed)
+_ANY_LETTER = re.compile(r"[A-Ja-j]")
 
 
 def format_reward(response: str, *, value: float = 0.5) -> float:
@@ -107,41 +60,6 @@ def normalize_problem_type(problem_type: str) -> str:
   return _PROBLEM_TYPES[key]
 
 
-_LATEX_WRAP = re.compile(r"\\(?:boxed|text|textbf|mathrm|mathbf|fbox)\s*\{([^{}]*)\}")
-
-
-def unwrap_answer(text: str) -> str:
-  """Drop `$` and `\\boxed{}`-style wrappers (up to 3 nested: deeper nesting is not an answer)."""
-  for _ in range(3):
-    text = _LATEX_WRAP.sub(r"\1", text)
-  return text.replace("$", "").strip()
-
-
-def _fold(text: str) -> str:
-  return " ".join(text.split()).casefold()
-
-
-_OPTION = re.compile(r"\s*\(?([A-Ja-j])\s*[.):]\s*(.*)", re.DOTALL)
-_LETTER = re.compile(r"[A-Ja-j]")
-
-
-def _gold_letter(gold: str, options: Sequence[str] | None) -> str | None:
-  """The gold option letter from `B`, `(B)`, `B. text`, or an option's text when options list it."""
-  if not gold:
-    return None
-  if len(gold) == 1 and _LETTER.fullmatch(gold):
-    return gold.lower()
-  match = _OPTION.fullmatch(gold)
-  if match:
-    return match.group(1).lower()
-  for i, option in enumerate((options or ())[:10]):
-    match = _OPTION.fullmatch(option)
-    letter, body = (match.group(1), match.group(2)) if match else ("ABCDEFGHIJ"[i], option)
-    if _fold(gold) in (_fold(option), _fold(body)):
-      return letter.lower()
-  return None
-
-
 def _multiple_choice(pred: str, gold: str, options: Sequence[str] | None,
                      max_chars: int) -> float:
   """Exact match (after `$`/`\\boxed{}` removal, case/whitespace-folded), else the eval-code
@@ -155,29 +73,10 @@ def _multiple_choice(pred: str, gold: str, options: Sequence[str] | None,
   if len(pred) > max_chars:
     return 0.0
   text = unwrap_answer(pred)
-  if text and _fold(text) == _fold(gold):
+  if text and normalize_space(text) == normalize_space(gold):
     return 1.0
-  letter = _gold_letter(gold, options)
-  return float(letter is not None and {c.lower() for c in _LETTER.findall(text)} == {letter})
-
-
-NUMBER_RE = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
-THOUSANDS_RE = re.compile(r"(?<=[0-9]),(?=[0-9]{3}(?![0-9]))")
-
-
-def _to_number(text: str) -> Decimal | None:
-  """The number when the text holds exactly one (`$1,234.5$`, `x = 5`, `3.5 meters`), else None.
-
-  ASCII digits only. Decimal keeps `1e999999` and 1000-digit integers exact; exponents beyond
-  Decimal's range (InvalidOperation) count as no number.
-  """
-  numbers = NUMBER_RE.findall(THOUSANDS_RE.sub("", unwrap_answer(text)))
-  if len(numbers) != 1:
-    return None
-  try:
-    return Decimal(numbers[0])
-  except InvalidOperation:
-    return None
+  letter = gold_letter(gold, options)
+  return float(letter is not None and {c.upper() for c in _ANY_LETTER.findall(text)} == {letter})
 
 
 # Decimal arithmetic over the whole exponent range: values past float range still compare by rtol.
@@ -206,7 +105,7 @@ def _math_verify_equal(pred: str, gold: str, timeout_s: int) -> bool:
 def _numeric(pred: str, gold: str, rtol: float, max_chars: int, timeout_s: int) -> float:
   if len(pred) > max_chars:
     return 0.0
-  p, g = _to_number(pred), _to_number(gold)
+  p, g = single_number(pred), single_number(gold)
   if p is not None and g is not None:
     return float(_numbers_equal(p, g, rtol))
   if threading.current_thread() is not threading.main_thread():
@@ -229,10 +128,10 @@ def mean_relative_accuracy(pred: float, gold: float) -> float:
 
 
 def _regression(pred: str | None, gold: str, max_chars: int) -> float:
-  g = _to_number(gold)
+  g = single_number(gold)
   if g is None:
     raise ValueError(f"regression gold answer {gold!r} is not a number")
-  p = _to_number(pred) if pred is not None and len(pred) <= max_chars else None
+  p = single_number(pred) if pred is not None and len(pred) <= max_chars else None
   return 0.0 if p is None else mean_relative_accuracy(float(p), float(g))
 
 
@@ -320,7 +219,7 @@ def accuracy_reward(response: str, answer: str, problem_type: str, *,
   kind = normalize_problem_type(problem_type)
   gold = str(answer).strip()
   if "<answer>" in gold:  # Video-R1 `solution` field
-    gold = _last_inner(gold, "answer") or ""
+    gold = last_inner(gold, "answer") or ""
   pred = parse_response(response).answer
   if kind == "regression":  # the gold is checked even when there is no answer: a data error
     return _regression(pred, gold, max_chars)

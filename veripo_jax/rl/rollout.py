@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 from typing import Any, Mapping, Sequence
 
@@ -17,13 +16,37 @@ import jax
 import numpy as np
 from flax import nnx
 
-from veripo_jax.fileio import write_jsonl_atomic
+from veripo_jax.fileio import read_jsonl, write_jsonl_atomic
 from veripo_jax.inference import generate
 from veripo_jax.parallel.multihost import to_host
 from veripo_jax.parallel.sharding import DEFAULT_RULES
 from veripo_jax.rl.losses import group_advantages
 from veripo_jax.rl.rewards import score_rollouts
 from veripo_jax.rl.verifier import rule_inconsistency_rate
+
+# The example fields each rollout record carries, so that its readers (rewards, the verifier,
+# the evaluations) need no dataset. Records written before `options`, `task` and `data_type`
+# were kept read as no options and empty strings.
+EXAMPLE_KEYS = ("answer", "problem_type", "options", "task", "data_type")
+DATASET_KEYS = ("dataset_dir", "split")
+
+
+def batch_examples(prompts: Mapping[str, Any]) -> list[dict]:
+  """Each prompt row's example from a batch (`data.batching.EXAMPLE_FIELDS`)."""
+  options = prompts.get("options")
+  return [{"answer": str(prompts["answer"][i]), "problem_type": str(prompts["problem_type"][i]),
+           "options": list(options[i]) if options is not None else [],
+           "task": str(prompts["task"][i]) if "task" in prompts else "",
+           "data_type": str(prompts["data_type"][i]) if "data_type" in prompts else ""}
+          for i in range(len(prompts["input_ids"]))]
+
+
+def record_example(record: Mapping[str, Any]) -> dict:
+  """A stored rollout record's example (`EXAMPLE_KEYS`)."""
+  return {"answer": record["answer"], "problem_type": record["problem_type"],
+          "options": list(record.get("options") or []), "task": record.get("task", ""),
+          "data_type": record.get("data_type", "")}
+
 
 _GENERATE_FIELDS = ("input_ids", "attention_mask", "position_ids", "pixel_values",
                     "image_grid_thw", "pixel_values_videos", "video_grid_thw",
@@ -56,8 +79,10 @@ class Rollouts:
   truncated: np.ndarray          # (N,) bool: hit max_new_tokens without EOS
   prompt_ids: list[str]
   source_index: np.ndarray       # (N,) the prompt's position in its dataset split
-  answers: list[str]             # gold answer of each response's prompt
-  problem_types: list[str]
+  examples: list[dict]           # each response's example (`EXAMPLE_KEYS`): what rewards read
+  # Where the prompts come from: {"dataset_dir", "split"} (`RunContext.dataset_ref`), which a
+  # verifier's pairs carry on.
+  dataset: dict = dataclasses.field(default_factory=dict)
 
   @property
   def group_size(self) -> int:
@@ -69,8 +94,7 @@ class Rollouts:
       n = int(self.lengths[i])
       out.append({
           "prompt_id": self.prompt_ids[i], "prompt_row": int(self.owner[i]),
-          "source_index": int(self.source_index[i]), "answer": self.answers[i],
-          "problem_type": self.problem_types[i],
+          **self.dataset, "source_index": int(self.source_index[i]), **self.examples[i],
           "sample": i % self.group_size, "length": n, "truncated": bool(self.truncated[i]),
           "tokens": self.tokens[i, :n].tolist(), "logprobs": self.logprobs[i, :n].tolist(),
           "text": self.texts[i], "advantage": float(self.advantages[i]),
@@ -95,8 +119,8 @@ class Rollouts:
                truncated=np.array([r["truncated"] for r in records], bool),
                prompt_ids=[r["prompt_id"] for r in records],
                source_index=np.array([r["source_index"] for r in records], np.int64),
-               answers=[r["answer"] for r in records],
-               problem_types=[r["problem_type"] for r in records])
+               examples=[record_example(r) for r in records],
+               dataset={k: records[0][k] for k in DATASET_KEYS if records and k in records[0]})
 
   def summary(self) -> dict[str, float]:
     real = self.lengths > 0
@@ -132,14 +156,28 @@ def write_rollouts(path: str, rollouts: Rollouts) -> None:
 
 
 def read_rollouts(path: str, width: int) -> Rollouts:
-  with open(path, encoding="utf-8") as f:
-    return Rollouts.from_records([json.loads(line) for line in f if line.strip()], width)
+  """One stored round, to resume its updates."""
+  return Rollouts.from_records(read_jsonl(path), width)
+
+
+def read_rollout_records(stage_dir: str, last_rounds: int = 0) -> list[dict]:
+  """The stored rollout records of a GRPO stage (the last `last_rounds` rounds; 0: all), each
+  tagged with its `round`."""
+  files = rollout_files(stage_dir)
+  if not files:
+    raise FileNotFoundError(f"no stored rollouts under {stage_dir}/rollouts")
+  records = []
+  for round_index, path in list(enumerate(files))[-last_rounds if last_rounds else 0:]:
+    records += [{**record, "round": round_index} for record in read_jsonl(path)]
+  return records
 
 
 def collect_rollouts(model: nnx.Module, prompts: Mapping[str, Any], tokenizer,
                      cfg: RolloutConfig, rng: jax.Array, *, eos_token_ids: Sequence[int],
-                     pad_token_id: int, mesh=None, rules=DEFAULT_RULES) -> Rollouts:
-  """Samples G responses per prompt row, scores them, and computes group advantages."""
+                     pad_token_id: int, mesh=None, rules=DEFAULT_RULES,
+                     dataset: Mapping[str, str] | None = None) -> Rollouts:
+  """Samples G responses per prompt row, scores them, and computes group advantages.
+  `dataset` ({"dataset_dir", "split"} of the prompts) is recorded with every response."""
   out = generate(model, {k: prompts[k] for k in _GENERATE_FIELDS if k in prompts},
                  cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                  top_k=cfg.top_k, rng=rng, num_samples=cfg.num_samples,
@@ -153,8 +191,8 @@ def collect_rollouts(model: nnx.Module, prompts: Mapping[str, Any], tokenizer,
   truncated = real & (lengths == cfg.max_new_tokens) & ~np.isin(last, eos_token_ids)
   texts = [tokenizer.decode(tokens[i, :lengths[i]].tolist(), skip_special_tokens=True)
            for i in range(len(tokens))]
-  examples = [{"answer": str(prompts["answer"][o]),
-               "problem_type": str(prompts["problem_type"][o])} for o in owner]
+  rows = batch_examples(prompts)
+  examples = [rows[o] for o in owner]
   rewards = score_rollouts(texts, examples, names=cfg.rewards, weights=cfg.reward_weights)
   rewards = {k: np.where(real, np.asarray(v, np.float32), 0.0) for k, v in rewards.items()}
   adv, _ = group_advantages(rewards["total"], g, eps=cfg.advantage_eps,
@@ -165,5 +203,4 @@ def collect_rollouts(model: nnx.Module, prompts: Mapping[str, Any], tokenizer,
                   texts=texts, rewards=rewards, advantages=np.asarray(adv) * real,
                   truncated=truncated, prompt_ids=[str(prompts["id"][o]) for o in owner],
                   source_index=np.asarray(prompts["source_index"], np.int64)[owner],
-                  answers=[e["answer"] for e in examples],
-                  problem_types=[e["problem_type"] for e in examples])
+                  examples=examples, dataset=dict(dataset or {}))

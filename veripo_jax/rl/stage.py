@@ -88,6 +88,18 @@ class RunContext:
     """The dataset directory a stage's `data` reads: its own, else the run's."""
     return data.dataset_dir or self.dataset_dir
 
+  def dataset_ref(self, data: DataConfig) -> dict[str, str]:
+    """{"dataset_dir", "split"} of a stage's data as artifacts record it: a directory inside
+    the workdir relative to it (the workdir stays portable), any other absolute."""
+    path = os.path.abspath(self.data_dir(data))
+    inside = os.path.relpath(path, os.path.abspath(self.workdir))
+    portable = path if inside == os.pardir or inside.startswith(os.pardir + os.sep) else inside
+    return {"dataset_dir": portable, "split": data.split}
+
+  def resolve_dataset_dir(self, recorded: str) -> str:
+    """A recorded `dataset_dir` (see `dataset_ref`) as a path to open."""
+    return os.path.join(self.workdir, recorded)
+
   def loader_config(self, data: DataConfig, *, with_response: bool = False,
                     drop_remainder: bool = True) -> LoaderConfig:
     spec = BatchSpec(batch_size=data.batch_size, prompt_buckets=data.prompt_buckets,
@@ -131,6 +143,10 @@ class Stage:
   kind = "stage"
   uses_policy = True    # run() takes the current policy (else None)
   hands_off = True      # its exported policy becomes the next stage's policy
+  trains = False        # it trains a policy (the report counts its cost per sequence)
+  # (metric, sequences per value) that time one step, in order of preference (the report).
+  step_times: tuple[tuple[str, int], ...] = ()
+  metric_prefixes: tuple[str, ...] = ()   # metric prefixes besides `kind` that are its own
 
   def __init__(self, ctx: RunContext, name: str, keep_checkpoints: int = 2):
     self.ctx = ctx

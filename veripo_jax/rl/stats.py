@@ -13,8 +13,8 @@ import dataclasses
 import math
 from typing import Hashable, Mapping, Sequence
 
-from veripo_jax.rl.rewards import parse_response
-from veripo_jax.rl.verifier import INCONSISTENT, UNKNOWN, rule_consistent
+from veripo_jax.rl.answers import parse_response, rule_consistent
+from veripo_jax.rl.verifier import INCONSISTENT, UNKNOWN
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,7 +46,6 @@ import dataclasses
 import math
 import os
 import re
-from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping, Protocol, Sequence
 
 from veripo_jax.data.prompts import JUDGE_PROMPT, render_judge_prompt
@@ -54,8 +53,8 @@ from veripo_jax.fileio import write_json_atomic, write_jsonl_atomic
 from veripo_jax.rl.artifacts import CHECKS_FILE, PAIRS_FILE
 from veripo_jax.rl.pair_families import PAIR_FAMILIES, Encode, Member, group_pairs
 from veripo_jax.rl.pairs import Pair, write_pairs
-from veripo_jax.rl.rewards import (NUMBER_RE, THOUSANDS_RE, unwrap_answer, accuracy_reward,
-                                   parse_response)
+from veripo_jax.rl.answers import parse_response, rule_consistent, words
+from veripo_jax.rl.rewards import accuracy_reward
 from veripo_jax.train.metrics import null_nonfinite
 
 FAMILIES = ("consistency", "penalty", "accuracy", "reflection")   # the default order
@@ -96,10 +95,6 @@ class VerifierConfig:
 
 # --- repetition --------------------------------------------------------------------------------
 
-def _words(text: str) -> list[str]:
-  return re.findall(r"\w+", text.casefold())
-
-
 def repetition_ratio(text: str, n: int) -> float:
   """Share of the word n-grams that repeat an earlier one: 1 − distinct / all (0 below n words).
 
@@ -107,163 +102,17 @@ def repetition_ratio(text: str, n: int) -> float:
   n-grams", which is at most 0.5 and falls as a loop goes on (one phrase looped m times scores
   about 1/m); this ratio rises to 1 − 1/m instead, so the 0.4 threshold flags loops.
   """
-  words = _words(text)
-  grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+  folded = words(text)
+  grams = [tuple(folded[i:i + n]) for i in range(len(folded) - n + 1)]
   return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 def reasoning_repetition(text: str, cfg: VerifierConfig) -> float:
-  short = len(_words(text)) < cfg.short_text_words
+  short = len(words(text)) < cfg.short_text_words
   return repetition_ratio(text, cfg.short_repetition_ngram if short else cfg.repetition_ngram)
 
 
-# --- the consistency rule ----------------------------------------------------------------------
-
-_SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
-_ANSWER_CUE = re.compile(r"\b(?:answer|option|choice)\s+(?:is|(?:would|should|must|will)\s+be)"
-                         r"\s*:?\s*|\banswer\s*[:=]\s*", re.I)
-_OPTION_CORRECT = re.compile(r"\b(?:option|choice)\s+\(?([A-J])\)?\s+(?:is|seems|looks)\s+"
-                             r"(?:correct|right)\b", re.I)
-_BOXED = re.compile(r"\\boxed\s*\{([^{}]*)\}")
-_CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|overall|in\s+conclusion|"
-                         r"in\s+summary)\b", re.I)
-_LEAD_LETTER = re.compile(r"(?:(?i:option|choice)\s+)?[(\[*\"']*([A-J])(?![A-Za-z0-9])")
-# A standalone capital A–J; "I" only when it is not the pronoun ("I think", "I'm").
-_LETTER = re.compile(r"(?<![A-Za-z0-9'])([A-HJ]|I(?!['’]|\s+[a-z]))(?![A-Za-z0-9'])")
-_LETTER_ANSWER = re.compile(r"(?:option\s+)?\(?([A-J])\)?(?:[.):]\s*.*)?", re.I | re.S)
-_OPTION = re.compile(r"\s*\(?([A-Ja-j])\s*[.):]\s*(.*)", re.S)
-_MAX_CUES = 8
-
-
-def _fold(text: str) -> str:
-  return " ".join(_words(text))
-
-
-def _numbers(text: str) -> list[Decimal]:
-  out = []
-  for s in NUMBER_RE.findall(THOUSANDS_RE.sub("", text)):
-    try:
-      out.append(Decimal(s))
-    except InvalidOperation:
-      pass
-  return out
-
-
-def _option_letters(options: Sequence[str] | None) -> dict[str, str]:
-  """Folded option text -> letter (`A. red cube` or, unlettered, by position)."""
-  out = {}
-  for i, option in enumerate((options or ())[:10]):
-    match = _OPTION.fullmatch(option)
-    letter, body = (match.group(1), match.group(2)) if match else ("ABCDEFGHIJ"[i], option)
-    out[_fold(body)] = letter.upper()
-  return out
-
-
-def _answer_value(answer: str, options: Sequence[str] | None) -> tuple[str, Any] | None:
-  """(kind, value) of an answer tag: ("letter", "B") for `B`, `(B)`, `$B$`, `B. text`;
-  ("number", Decimal) when it holds exactly one number; else ("text", folded words)."""
-  text = unwrap_answer(answer or "")
-  match = _LETTER_ANSWER.fullmatch(text)
-  if match:
-    return "letter", match.group(1).upper()
-  folded, letters = _fold(text), _option_letters(options)
-  if not folded:
-    return None
-  if folded in letters:
-    return "letter", letters[folded]
-  numbers = _numbers(text)
-  return ("number", numbers[0]) if len(numbers) == 1 else ("text", folded)
-
-
-def _explicit_value(phrase: str, kind: str, options: Sequence[str] | None):
-  """The value right after an explicit cue: a leading letter (capital, or the phrase is one
-  letter) or an option's text; the first number; or the folded phrase."""
-  text = unwrap_answer(phrase)
-  if kind == "letter":
-    match = _LEAD_LETTER.match(text) or re.fullmatch(r"\W*([a-jA-J])\W*", text)
-    if match:
-      return match.group(1).upper()
-    return _option_letters(options).get(_fold(text))
-  if kind == "number":
-    numbers = _numbers(text)
-    return numbers[0] if numbers else None
-  return _fold(text) or None
-
-
-def _clause_value(clause: str, kind: str):
-  """The last standalone capital letter or the last number of a conclusion clause."""
-  if kind == "letter":
-    letters = _LETTER.findall(clause)
-    return letters[-1] if letters else None
-  if kind == "number":
-    numbers = _numbers(clause)
-    return numbers[-1] if numbers else None
-  return None
-
-
-def _final_token_value(sentence: str, kind: str):
-  """A final token that is only a capital letter or only a number (brackets, `$`, `*` and
-  closing punctuation aside)."""
-  token = THOUSANDS_RE.sub("", sentence.split()[-1]).strip("()[]*$.!:,")
-  if kind == "letter":
-    return token if re.fullmatch(r"[A-J]", token) else None
-  if kind == "number" and NUMBER_RE.fullmatch(token):
-    numbers = _numbers(token)
-    return numbers[0] if numbers else None
-  return None
-
-
-def _sentence_value(sentence: str, kind: str, options: Sequence[str] | None, final: bool):
-  # (cue start, phrase span); a cue's phrase runs to the sentence end. Only the last few cues
-  # are read: a looping "the answer is the answer is …" would otherwise cost quadratic time.
-  cues = [(m.start(), m.end(), len(sentence)) for m in _ANSWER_CUE.finditer(sentence)]
-  cues += [(m.start(), *m.span(1)) for m in _OPTION_CORRECT.finditer(sentence)]
-  cues += [(m.start(), *m.span(1)) for m in _BOXED.finditer(sentence)]
-  for _, start, end in sorted(cues, reverse=True)[:_MAX_CUES]:
-    value = _explicit_value(sentence[start:end], kind, options)
-    if value is not None:
-      return value
-  conclusion = _CONCLUSION.search(sentence)
-  value = _clause_value(sentence[conclusion.end():], kind) if conclusion else None
-  if value is None and final:
-    value = _final_token_value(sentence, kind)
-  return value
-
-
-def stated_answer(reasoning: str, kind: str, options: Sequence[str] | None = None):
-  """The last answer the reasoning states, read as `kind` ("letter" → "B", "number" → Decimal,
-  "text" → folded words), or None.
-
-  Sentences (split after `.!?` + space, and at newlines) are read from the last back; the first
-  that states an answer decides. Within a sentence: an explicit cue ("the answer is X", "answer:
-  X", "option X is correct", `\\boxed{X}`; the last cue that yields a value), else a conclusion
-  clause ("so/therefore/thus/hence/overall … X": its last capital letter or number), else, in
-  the final sentence only, a bare final letter or number. Letters and numbers are only read for
-  letter and number answers; a text answer needs an explicit cue.
-  """
-  sentences = [s for s in _SENTENCES.split(reasoning or "") if s.strip()]
-  for i in range(len(sentences) - 1, -1, -1):
-    value = _sentence_value(sentences[i], kind, options, final=i == len(sentences) - 1)
-    if value is not None:
-      return value
-  return None
-
-
-def rule_consistent(reasoning: str, answer: str,
-                    options: Sequence[str] | None = None) -> bool | None:
-  """Whether the reasoning's last stated answer equals the answer tag (letters; numbers within
-  1e-6 relative; folded words), the kind read from the tag; None when either is missing."""
-  target = _answer_value(answer, options)
-  if target is None:
-    return None
-  kind, gold = target
-  stated = stated_answer(reasoning, kind, options)
-  if stated is None:
-    return None
-  if kind == "number":
-    return math.isclose(float(stated), float(gold), rel_tol=1e-6)
-  return stated == gold
-
+# --- the consistency rate ----------------------------------------------------------------------
 
 def rule_inconsistency_rate(texts: Sequence[str]) -> float:
   """Share of the responses with a think and an answer whose reasoning does not conclude with
@@ -294,8 +143,8 @@ def parse_verdict(reply: str | None) -> str:
   case-folded, punctuation stripped: yes → consistent, no → inconsistent, else unknown."""
   if reply is None:
     return UNKNOWN
-  words = _LEADING_THINK.sub("", reply, count=1).split()
-  word = re.sub(r"^\W+|\W+$", "", words[0]).casefold() if words else ""
+  tokens = _LEADING_THINK.sub("", reply, count=1).split()
+  word = re.sub(r"^\W+|\W+$", "", tokens[0]).casefold() if tokens else ""
   return {"yes": CONSISTENT, "no": INCONSISTENT}.get(word, UNKNOWN)
 
 

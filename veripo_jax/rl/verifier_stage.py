@@ -28,15 +28,12 @@ from absl import logging
 
 from veripo_jax.data.datasets import data_source
 from veripo_jax.data.loader import as_text
-from veripo_jax.data.synthetic.judge import YES
 from veripo_jax.data.tokenization import load_tokenizer
-from veripo_jax.fileio import read_jsonl
-from veripo_jax.rl.rollout import rollout_files
-from veripo_jax.rl.stage import RunContext, Stage
 from veripo_jax.rl.artifacts import PAIRS_FILE, write_discarded
-from veripo_jax.rl.verifier import (CONSISTENT, UNKNOWN, Judge, PromptJudge,
-                                    RuleJudge, VerifierConfig, parse_verdict, verify,
-                                    write_verifier_outputs)
+from veripo_jax.rl.rollout import read_rollout_records
+from veripo_jax.rl.stage import RunContext, Stage
+from veripo_jax.rl.verifier import (UNKNOWN, Judge, PromptJudge, RuleJudge, VerifierConfig,
+                                    parse_verdict, verify, write_verifier_outputs)
 from veripo_jax.train.metrics import null_nonfinite
 
 
@@ -85,17 +82,6 @@ class VerifierStageConfig:
       raise ValueError("last_rounds and heldout_limit must be ≥ 0")
 
 
-def read_rollout_records(stage_dir: str, last_rounds: int = 0) -> list[dict]:
-  """The stored rollout records of a GRPO stage, each tagged with its `round`."""
-  files = rollout_files(stage_dir)
-  if not files:
-    raise FileNotFoundError(f"no stored rollouts under {stage_dir}/rollouts")
-  records = []
-  for round_index, path in list(enumerate(files))[-last_rounds if last_rounds else 0:]:
-    records += [{**record, "round": round_index} for record in read_jsonl(path)]
-  return records
-
-
 def easy_prompts(records: Sequence[Mapping]) -> list[int]:
   """Source indices whose most recent group had every rollout's accuracy reward at 1 (§1)."""
   groups: dict[int, dict[int, list[float]]] = {}
@@ -127,10 +113,11 @@ def heldout_judge_metrics(ctx: RunContext, judge: PromptJudge, split: str,
 
 
 def heldout_agreement(judge: PromptJudge, records: Sequence[Mapping]) -> dict[str, float]:
-  """The judge's agreement with labelled examples; an unparseable reply counts as wrong."""
+  """The judge's agreement with labelled examples (a label is read as a reply: `Yes`/`No`); an
+  unparseable reply counts as wrong."""
   replies = judge.ask([as_text(r["problem"]) for r in records])
   verdicts = [parse_verdict(reply) for reply in replies]
-  right = [(v == CONSISTENT) == (as_text(r["answer"]) == YES) and v != UNKNOWN
+  right = [v != UNKNOWN and v == parse_verdict(as_text(r["answer"]))
            for v, r in zip(verdicts, records)]
   return {"judge/heldout_agreement": float(np.mean(right)) if right else float("nan"),
           "judge/heldout_count": len(right),
@@ -139,6 +126,7 @@ def heldout_agreement(judge: PromptJudge, records: Sequence[Mapping]) -> dict[st
 
 class VerifierStage(Stage):
   kind = "verifier"
+  metric_prefixes = ("judge",)
   uses_policy = False
   hands_off = False
 

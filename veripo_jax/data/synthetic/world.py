@@ -140,7 +140,7 @@ def _value(problem_type, problem, answer, reasoning, task):
 
 def conclude(answer) -> str:
   """The closing sentence of every world reasoning: the chain's last state is the answer, stated
-  with the explicit cue the verifier's rule reads (`rl.verifier.stated_answer`)."""
+  with the explicit cue the verifier's rule reads (`rl.answers.stated_answer`)."""
   return f"So the answer is {answer}."
 
 
