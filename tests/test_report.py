@@ -18,8 +18,8 @@ import pytest
 
 from veripo_jax.rl import report
 from veripo_jax.rl.claims import evaluate_claims, milestones
-from veripo_jax.rl.report import (PLOT_DIR, SUMMARY_FILE, stage_order_from_metrics,
-                                  write_report)
+from veripo_jax.rl.report import PLOT_DIR, SUMMARY_FILE, write_report
+from veripo_jax.rl.run_summary import stage_order_from_metrics
 from veripo_jax.rl.stage import Stage
 from veripo_jax.rl.stats import cluster_mean
 

@@ -148,8 +148,6 @@ def seconds_per_sequence(steps: list[tuple[float, int]]) -> float | None:
 
 class DPOStage(Stage):
   kind = "dpo"
-  trains = True
-  step_times = (("time/sequence_s", 1), ("time/sample_s", 2))
 
   def __init__(self, ctx: RunContext, name: str, cfg: DPOConfig, pairs: list[Pair]):
     super().__init__(ctx, name, cfg.keep_checkpoints)

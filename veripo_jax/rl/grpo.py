@@ -113,8 +113,6 @@ def round_updates(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: d
 
 class GRPOStage(Stage):
   kind = "grpo"
-  trains = True
-  step_times = (("time/response_s", 1), ("time/sample_s", 1))
 
   def __init__(self, ctx: RunContext, name: str, cfg: GRPOConfig):
     super().__init__(ctx, name, cfg.keep_checkpoints)

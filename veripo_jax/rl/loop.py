@@ -101,7 +101,7 @@ def load_policy(cfg, path: str, config: Qwen25VLConfig, mesh, rules) -> Qwen25VL
 
 
 def make_stage(ctx: RunContext, planned: PlannedStage) -> Stage:
-  stage_cls = STAGE_KINDS[planned.kind].stage
+  stage_cls = STAGE_KINDS[planned.kind].stage_cls
   if planned.kind != "dpo":
     return stage_cls(ctx, planned.name, planned.config)
   pairs = planned.pairs

@@ -70,7 +70,7 @@ def _build(cfg, name: str) -> PlannedStage:
   if kind not in STAGE_KINDS:
     raise ConfigError(f"config.stages.{name}.kind: unknown {kind!r}{closest(kind, STAGE_KINDS)}; "
                       f"known: {sorted(STAGE_KINDS)}")
-  config_cls, stage_cls = STAGE_KINDS[kind].config, STAGE_KINDS[kind].stage
+  config_cls, stage_cls = STAGE_KINDS[kind].config_cls, STAGE_KINDS[kind].stage_cls
   fields = {k: v for k, v in section.items() if k not in RUNNER_FIELDS}
   hands_off = section.get("hands_off")
   if hands_off is not None and not isinstance(hands_off, bool):

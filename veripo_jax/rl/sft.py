@@ -41,8 +41,6 @@ def sft_micro_batches(ctx: RunContext, learner: Learner, batch: dict, micro_batc
 
 class SFTStage(Stage):
   kind = "sft"
-  trains = True
-  step_times = (("time/sample_s", 1),)
 
   def __init__(self, ctx: RunContext, name: str, cfg: SFTConfig):
     super().__init__(ctx, name, cfg.keep_checkpoints)

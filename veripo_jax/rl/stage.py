@@ -143,10 +143,6 @@ class Stage:
   kind = "stage"
   uses_policy = True    # run() takes the current policy (else None)
   hands_off = True      # its exported policy becomes the next stage's policy
-  trains = False        # it trains a policy (the report counts its cost per sequence)
-  # (metric, sequences per value) that time one step, in order of preference (the report).
-  step_times: tuple[tuple[str, int], ...] = ()
-  metric_prefixes: tuple[str, ...] = ()   # metric prefixes besides `kind` that are its own
 
   def __init__(self, ctx: RunContext, name: str, keep_checkpoints: int = 2):
     self.ctx = ctx

@@ -126,7 +126,6 @@ def heldout_agreement(judge: PromptJudge, records: Sequence[Mapping]) -> dict[st
 
 class VerifierStage(Stage):
   kind = "verifier"
-  metric_prefixes = ("judge",)
   uses_policy = False
   hands_off = False
 
