@@ -32,11 +32,10 @@ from absl import flags
 from flax import nnx
 
 from veripo_jax.data.synthetic.build import build_world
-from veripo_jax.data.synthetic.tokenizer import model_config_overrides
 from veripo_jax.data.synthetic.world import WorldConfig
 from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.data.vision import VisionSettings
-from veripo_jax.models.qwen2_5_vl import Qwen25VL, get_preset
+from veripo_jax.models.qwen2_5_vl import Qwen25VL, fit_to_tokenizer, get_preset
 from veripo_jax.parallel.sharding import make_mesh, shard_model
 from veripo_jax.rl.dpo import DPOConfig, ReferenceLogprobs, step_batches
 from veripo_jax.rl.grpo import GRPOConfig, round_updates
@@ -65,7 +64,7 @@ def context(args) -> RunContext:
   tokenizer_dir = os.path.join(args.workdir, "world", "tokenizer")
   tokenizer = load_tokenizer(tokenizer_dir)
   base = get_preset(args.preset)
-  config = dataclasses.replace(base, **model_config_overrides(tokenizer, base))
+  config = fit_to_tokenizer(base, tokenizer)
   return RunContext(workdir=args.workdir, mesh=make_mesh(1, -1, 1), model_config=config,
                     tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, dataset_dir=dataset_dir,
                     writer=MetricsWriter(args.workdir, enabled=False), guard=PreemptionGuard())

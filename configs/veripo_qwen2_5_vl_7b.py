@@ -136,7 +136,7 @@ def recipe(*, checkpoint, preset, mesh, hosts, prompts_per_round, activation_mic
   judge = dict(judge, checkpoint=ml_collections.FieldReference(judge["checkpoint"]))
 
   c.data = ml_collections.ConfigDict()
-  c.data.synthetic = False
+  c.data.source = "tfds"
   c.data.dataset_dir = TRAIN_DATASET_DIR
   c.data.tokenizer_dir = checkpoint
 

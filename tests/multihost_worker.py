@@ -23,7 +23,7 @@ def tiny_config(args):
   """configs/tiny.py, cut down to a short GRPO-only run on the given world."""
   from veripo_jax.config_utils import load_config_file
   cfg = load_config_file(os.path.join(_REPO, "configs", "tiny.py"))
-  cfg.data.synthetic = False
+  cfg.data.source = "tfds"
   cfg.data.dataset_dir = args.dataset_dir
   cfg.data.tokenizer_dir = args.tokenizer_dir
   cfg.stage_order = ("grpo",)

@@ -105,7 +105,7 @@ def test_tpu_recipe_is_table_1():
   stages = build_stages(cfg)
   kinds = [stages[n][0] for n in cfg.stage_order]
   assert kinds == ["grpo"] * 3 + ["verifier", "dpo", "grpo"] * 2 + ["eval"] * 5
-  assert not cfg.data.synthetic and cfg.model.checkpoint == cfg.data.tokenizer_dir
+  assert cfg.data.source == "tfds" and cfg.model.checkpoint == cfg.data.tokenizer_dir
   assert (cfg.model.dtype, cfg.model.param_dtype) == ("bfloat16", "float32")
   for name, row in TABLE1.items():
     kind, s = stages[name]
@@ -236,6 +236,8 @@ def _world_tokenizer(tmp_path):
     (lambda c: setattr(c.mesh, "fsdp", 0), "config.mesh.fsdp: a positive integer or -1, not 0"),
     (lambda c: setattr(c, "sharding_rules", (("mlpp", "tensor"),)),
      "config.sharding_rules: unknown logical axis 'mlpp'"),
+    (lambda c: setattr(c.data, "source", "synthetc"),
+     "config.data.source: unknown 'synthetc' (did you mean 'synthetic'?)"),
     (lambda c: setattr(c.model, "preset", "tinyy"),
      "config.model.preset: unknown 'tinyy' (did you mean 'tiny'?)"),
 ])

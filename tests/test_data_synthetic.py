@@ -15,12 +15,11 @@ from veripo_jax.data.prompts import get_templates
 from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.render import render_media
 from veripo_jax.data.synthetic.teacher import teacher_reasoning
-from veripo_jax.data.synthetic.tokenizer import (QWEN_SPECIAL_TOKENS, TAG_TOKENS,
-                                                 model_config_overrides)
+from veripo_jax.data.synthetic.tokenizer import QWEN_SPECIAL_TOKENS, TAG_TOKENS
 from veripo_jax.data.synthetic.world import WorldConfig, make_example
 from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.data.video import decode_frames
-from veripo_jax.models.qwen2_5_vl.config import get_preset
+from veripo_jax.models.qwen2_5_vl.config import fit_to_tokenizer, get_preset
 from veripo_jax.rl.answers import rule_consistent
 
 WORLD = WorldConfig(tokenizer_corpus_examples=200, tokenizer_vocab_size=600)
@@ -108,7 +107,7 @@ def test_world_tokenizer_directory(tmp_path):
     assert tokenizer.tokenize(f"a{token}b")[1] == token
   assert "<|vision_start|><|video_pad|><|vision_end|>" in tokenizer.chat_template
   assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
-  config = get_preset("tiny").replace(**model_config_overrides(tokenizer, get_preset("tiny")))
+  config = fit_to_tokenizer(get_preset("tiny"), tokenizer)
   assert config.text.vocab_size >= len(tokenizer) and config.text.vocab_size % 64 == 0
   assert (config.video_token_id, config.eos_token_id) == (ids[7], ids[2])
   # A prompt with the Video-R1 template stays short: the templates are in the BPE corpus.

@@ -16,11 +16,10 @@ import pytest
 from flax import nnx
 
 from veripo_jax.data.synthetic.build import build_world
-from veripo_jax.data.synthetic.tokenizer import model_config_overrides
 from veripo_jax.data.synthetic.world import WorldConfig
 from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.data.vision import VisionSettings
-from veripo_jax.models.qwen2_5_vl import Qwen25VL, get_preset
+from veripo_jax.models.qwen2_5_vl import Qwen25VL, fit_to_tokenizer, get_preset
 from veripo_jax.models.qwen2_5_vl.model import prepare_inputs
 from veripo_jax.parallel.sharding import make_mesh
 from veripo_jax.rl.dpo import DPOConfig, DPOStage, ReferenceLogprobs, dpo_micro_batches
@@ -53,7 +52,7 @@ def world(tmp_path_factory):
                                         tokenizer_vocab_size=600))
   tokenizer = load_tokenizer(paths.tokenizer_dir)
   base = get_preset("tiny")
-  config = dataclasses.replace(base, **model_config_overrides(tokenizer, base))
+  config = fit_to_tokenizer(base, tokenizer)
   return paths, tokenizer, config
 
 

@@ -32,7 +32,7 @@ def _config(**stages):
   # Every question counts one shape, so a few SFT steps give rollouts that are right (and so a
   # verifier with good rollouts to build pairs from).
   c.data = ml_collections.ConfigDict(dict(
-      synthetic=True, world_seed=0, split_sizes={"train": 12},
+      source="synthetic", world_seed=0, split_sizes={"train": 12},
       world={"tokenizer_corpus_examples": 50, "objects_per_level": ((1, 1),),
              "video_tasks": ("count",), "image_tasks": ("image_count",)},
       dataset_dir="", tokenizer_dir=""))

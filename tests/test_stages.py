@@ -37,7 +37,7 @@ def world(tmp_path_factory):
 
 def small_run_config(world):
   c = tiny_config()
-  c.data.synthetic = False
+  c.data.source = "tfds"
   c.data.dataset_dir = world.dataset_dir
   c.data.tokenizer_dir = world.tokenizer_dir
   c.stage_order = ("sft", "grpo")

@@ -20,9 +20,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
 from veripo_jax.parallel.sharding import make_mesh
-from veripo_jax.train import (Checkpointer, MetricsWriter, PreemptionGuard, abstract_like,
-                              data_to_key, key_to_data, progress, read_metrics)
+from veripo_jax.train.checkpointing import Checkpointer, abstract_like, data_to_key, key_to_data
 from veripo_jax.train.compile_cache import resolve_cache_dir
+from veripo_jax.train.metrics import MetricsWriter, progress, read_metrics
+from veripo_jax.train.preemption import PreemptionGuard
 
 
 class Tiny(nnx.Module):

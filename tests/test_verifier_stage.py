@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import types
@@ -17,11 +16,11 @@ from flax import nnx
 from veripo_jax.data.loader import IndexedSubset
 from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.judge import make_judge_example, restate
-from veripo_jax.data.synthetic.tokenizer import model_config_overrides
 from veripo_jax.data.synthetic.world import WorldConfig, make_example
 from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.inference import generate
-from veripo_jax.models.qwen2_5_vl import Qwen25VL, get_preset, save_hf_checkpoint
+from veripo_jax.models.qwen2_5_vl import (Qwen25VL, fit_to_tokenizer, get_preset,
+                                          save_hf_checkpoint)
 from veripo_jax.rl.answers import parse_response, rule_consistent
 from veripo_jax.rl.rollout import read_rollout_records
 from veripo_jax.rl.verifier import PromptJudge, VerifierConfig, parse_verdict, verify
@@ -144,8 +143,7 @@ def judge_model(tokenizer, tmp_path_factory):
   final hidden states vary over the test's judge prompts: its one-token greedy replies are
   verdicts, and they differ between prompts."""
   base = get_preset("tiny")
-  config = dataclasses.replace(base, tie_word_embeddings=False,
-                               **model_config_overrides(tokenizer, base))
+  config = fit_to_tokenizer(base, tokenizer).replace(tie_word_embeddings=False)
   model = Qwen25VL(config, rngs=nnx.Rngs(0))
   d, vocab = model.lm_head.kernel.value.shape
   model.lm_head.kernel.value = jax.numpy.eye(d, vocab)       # logits[:d] = normed hidden state

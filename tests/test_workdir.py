@@ -5,20 +5,20 @@ import shutil
 
 import ml_collections
 
-from veripo_jax.rl.loop import prepare_data
+from veripo_jax.data.sources import prepare_data
 
 
 def _config():
   c = ml_collections.ConfigDict()
   c.data = ml_collections.ConfigDict(dict(
-      synthetic=True, world_seed=0, split_sizes={"train": 4},
+      source="synthetic", world_seed=0, split_sizes={"train": 4},
       world={"tokenizer_corpus_examples": 50}))
   return c
 
 
 def test_world_resolves_after_move_and_from_another_cwd(tmp_path, monkeypatch):
   first = tmp_path / "run"
-  tokenizer_dir, dataset_dir = prepare_data(_config(), str(first))
+  tokenizer_dir, dataset_dir = prepare_data(_config().data, str(first))
   assert os.path.isdir(dataset_dir) and os.path.isdir(tokenizer_dir)
   moved = tmp_path / "elsewhere" / "run"
   moved.parent.mkdir()
@@ -26,7 +26,7 @@ def test_world_resolves_after_move_and_from_another_cwd(tmp_path, monkeypatch):
   other = tmp_path / "cwd"
   other.mkdir()
   monkeypatch.chdir(other)
-  tokenizer_dir, dataset_dir = prepare_data(_config(), os.path.relpath(moved, other))
+  tokenizer_dir, dataset_dir = prepare_data(_config().data, os.path.relpath(moved, other))
   assert os.path.isdir(dataset_dir) and os.path.isdir(tokenizer_dir)
   assert os.path.realpath(dataset_dir).startswith(os.path.realpath(moved))
   assert not os.path.exists(first)

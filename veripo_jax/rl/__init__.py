@@ -1,7 +1,3 @@
-"""Reinforcement learning stages of VerIPO."""
-
-from veripo_jax.rl.answers import ParsedResponse, parse_response, rule_consistent, stated_answer
-from veripo_jax.rl.rewards import (REWARDS, accuracy_reward, format_reward, get_reward,
-                                   mean_relative_accuracy, normalize_problem_type,
-                                   register_reward, rouge_scores, score_rollouts, total_reward,
-                                   word_error_rate)
+"""VerIPO's stages and the loop that runs them: rewards, rollouts, the verifier, SFT / GRPO /
+DPO / eval stages, and the run report. Import the modules themselves: the package imports
+nothing, so a light reader (the report) stays light."""

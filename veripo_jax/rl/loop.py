@@ -22,46 +22,21 @@ from jax.experimental import multihost_utils
 
 from veripo_jax.config_utils import ConfigError, from_config
 from veripo_jax.console import format_duration
-from veripo_jax.data.synthetic.build import build_world
-from veripo_jax.data.synthetic.tokenizer import model_config_overrides
-from veripo_jax.data.synthetic.world import WorldConfig
+from veripo_jax.data.sources import prepare_data
 from veripo_jax.data.tokenization import load_tokenizer
-from veripo_jax.fileio import write_text_atomic
-from veripo_jax.models.qwen2_5_vl import (Qwen25VL, Qwen25VLConfig, from_hf_config, get_preset,
-                                         load_hf_checkpoint)
+from veripo_jax.models.qwen2_5_vl import (Qwen25VL, Qwen25VLConfig, fit_to_tokenizer,
+                                         from_hf_config, get_preset, load_hf_checkpoint)
 from veripo_jax.parallel.sharding import make_mesh, merge_rules, shard_model
 from veripo_jax.rl.artifacts import pairs_file, stage_dir
 from veripo_jax.rl.pairs import read_pairs
 from veripo_jax.rl.plan import PlannedStage, is_path, plan
-from veripo_jax.rl.stage_kinds import STAGE_KINDS
 from veripo_jax.rl.recorded_config import (check_data, check_stages, record_stage,
                                            set_aside)
+from veripo_jax.rl.report import write_report
 from veripo_jax.rl.stage import RunContext, Stage
+from veripo_jax.rl.stage_kinds import STAGE_KINDS
 from veripo_jax.train.metrics import MetricsWriter
 from veripo_jax.train.preemption import PreemptionGuard
-from veripo_jax.rl.report import write_report
-
-
-
-
-def prepare_data(cfg, workdir: str) -> tuple[str, str]:
-  """(tokenizer_dir, dataset_dir): the synthetic world built into the workdir, or given paths."""
-  if cfg.data.synthetic:
-    world = from_config(WorldConfig, cfg.data.world, "data.world")
-    root = os.path.join(workdir, "world")
-    marker = os.path.join(root, "dataset_dir.txt")
-    if jax.process_index() == 0 and not os.path.exists(marker):
-      paths = build_world(root, seed=cfg.data.world_seed,
-                          split_sizes=dict(cfg.data.split_sizes), world=world)
-      # Relative to the world's root, so the workdir resumes from any cwd and after a move.
-      write_text_atomic(marker, os.path.relpath(paths.dataset_dir, root))
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("veripo_world_built")
-    with open(marker, encoding="utf-8") as f:
-      return os.path.join(root, "tokenizer"), os.path.join(root, f.read().strip())
-  if not cfg.data.dataset_dir or not cfg.data.tokenizer_dir:
-    raise ConfigError("config.data: set synthetic=True or both dataset_dir and tokenizer_dir")
-  return cfg.data.tokenizer_dir, cfg.data.dataset_dir
 
 
 def policy_config(cfg, path: str, tokenizer, model=None, where: str = "config.model"
@@ -77,7 +52,7 @@ def policy_config(cfg, path: str, tokenizer, model=None, where: str = "config.mo
                                                **model.get("text", {})}, f"{where}.text"),
       vision=from_config(type(base.vision), {**dataclasses.asdict(base.vision),
                                              **model.get("vision", {})}, f"{where}.vision"))
-  return dataclasses.replace(base, **model_config_overrides(tokenizer, base))
+  return fit_to_tokenizer(base, tokenizer)
 
 
 def stage_model_config(cfg, name: str, ctx: RunContext):
@@ -144,7 +119,7 @@ def run(cfg, workdir: str, guard: PreemptionGuard | None = None,
                       set_aside(stage_dirs[name]))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("veripo_configs_checked")
-  tokenizer_dir, dataset_dir = prepare_data(cfg, workdir)
+  tokenizer_dir, dataset_dir = prepare_data(cfg.data, workdir)
   tokenizer = load_tokenizer(tokenizer_dir)
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   policy_path = cfg.model.checkpoint

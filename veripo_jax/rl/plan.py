@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from veripo_jax.config_utils import ConfigError, closest, from_config
+from veripo_jax.data.sources import check_source
 from veripo_jax.models.qwen2_5_vl.config import PRESETS
 from veripo_jax.parallel.sharding import merge_rules
 from veripo_jax.rl.stage_kinds import STAGE_KINDS, training_kinds
@@ -47,6 +48,7 @@ def is_path(value: str) -> bool:
 def _check_run_sections(cfg) -> None:
   if not isinstance(cfg.get("seed", 0), int):
     raise ConfigError(f"config.seed: an integer, not {cfg.seed!r}")
+  check_source(cfg.data)
   for axis in _MESH_AXES:
     value = cfg.mesh.get(axis)
     if not isinstance(value, int) or value == 0 or value < -1:

@@ -10,9 +10,8 @@ from absl import app, flags
 import tensorflow_datasets as tfds
 
 from veripo_jax.data.synthetic.build import build_world
-from veripo_jax.data.synthetic.tokenizer import model_config_overrides
 from veripo_jax.data.tokenization import load_tokenizer
-from veripo_jax.models.qwen2_5_vl.config import get_preset
+from veripo_jax.models.qwen2_5_vl.config import fit_to_tokenizer, get_preset
 
 _OUT = flags.DEFINE_string("out", None, "output directory", required=True)
 _SEED = flags.DEFINE_integer("seed", 0, "world seed")
@@ -25,10 +24,10 @@ def main(argv):
   tfds.display_progress_bar(sys.stderr.isatty())
   paths = build_world(_OUT.value, seed=_SEED.value,
                       split_sizes={"train": _TRAIN.value, "heldout": _HELDOUT.value})
-  overrides = model_config_overrides(load_tokenizer(paths.tokenizer_dir), get_preset("tiny"))
+  config = fit_to_tokenizer(get_preset("tiny"), load_tokenizer(paths.tokenizer_dir))
   print(f"tokenizer: {paths.tokenizer_dir}\ndataset:   {paths.dataset_dir}")
-  print("model config overrides:",
-        {k: (v.vocab_size if k == "text" else v) for k, v in overrides.items()})
+  print(f"a model over it: vocab_size={config.text.vocab_size}, video_token_id="
+        f"{config.video_token_id}, eos_token_id={config.eos_token_id}")
 
 
 if __name__ == "__main__":

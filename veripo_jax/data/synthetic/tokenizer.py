@@ -7,9 +7,8 @@ learn the output format quickly. Byte-level BPE encodes any text, so real prompt
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Any, Iterable
+from typing import Iterable
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -49,19 +48,3 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: str | os.PathLike) 
   tmp = temp_dir_beside(path)
   tokenizer.save_pretrained(tmp)
   replace_dir(tmp, path)
-
-
-def model_config_overrides(tokenizer: PreTrainedTokenizerFast, base: Any,
-                           vocab_multiple: int = 64) -> dict[str, Any]:
-  """`Qwen25VLConfig.replace(**...)` kwargs that fit a model to this tokenizer.
-
-  The vocabulary is rounded up to `vocab_multiple` rows so the embedding shards evenly.
-  """
-  ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-  vocab = -(-len(tokenizer) // vocab_multiple) * vocab_multiple
-  return dict(
-      text=dataclasses.replace(base.text, vocab_size=vocab),
-      image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-      vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-      vision_token_id=ids["<|vision_pad|>"], bos_token_id=ids["<|endoftext|>"],
-      eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])

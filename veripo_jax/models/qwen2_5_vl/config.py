@@ -279,3 +279,20 @@ def get_preset(name: str) -> Qwen25VLConfig:
   if name not in PRESETS:
     raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
   return PRESETS[name]
+
+
+def fit_to_tokenizer(config: Qwen25VLConfig, tokenizer, vocab_multiple: int = 64
+                     ) -> Qwen25VLConfig:
+  """The config for a fresh model over `tokenizer`: its vocabulary (rounded up to
+  `vocab_multiple` rows, so the embedding shards evenly) and Qwen's special tokens as this
+  tokenizer numbers them."""
+  ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (
+      "<|endoftext|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+      "<|image_pad|>", "<|video_pad|>")}
+  vocab = -(-len(tokenizer) // vocab_multiple) * vocab_multiple
+  return config.replace(
+      text=dataclasses.replace(config.text, vocab_size=vocab),
+      image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+      vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+      vision_token_id=ids["<|vision_pad|>"], bos_token_id=ids["<|endoftext|>"],
+      eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
