@@ -23,16 +23,15 @@ reference pass lands on the first epoch's steps only, so a median would hide it)
 import argparse
 import dataclasses
 import math
-import os
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from absl import flags
 from flax import nnx
 
-from veripo_jax.data.synthetic.build import build_world
-from veripo_jax.data.synthetic.world import WorldConfig
+from veripo_jax.data.sources import prepare_data
 from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.data.vision import VisionSettings
 from veripo_jax.models.qwen2_5_vl import Qwen25VL, fit_to_tokenizer, get_preset
@@ -53,15 +52,10 @@ SMALL = VisionSettings(video_min_pixels=56 * 56, max_pixels=112 * 112,
 
 
 def context(args) -> RunContext:
-  marker = os.path.join(args.workdir, "world", "dataset_dir.txt")
-  if not os.path.exists(marker):
-    paths = build_world(os.path.join(args.workdir, "world"), seed=0,
-                        split_sizes={"train": 256}, world=WorldConfig())
-    with open(marker, "w") as f:
-      f.write(paths.dataset_dir)
-  with open(marker) as f:
-    dataset_dir = f.read().strip()
-  tokenizer_dir = os.path.join(args.workdir, "world", "tokenizer")
+  """The synthetic world (built once into the workdir by the run's own data source)."""
+  data = ml_collections.ConfigDict(dict(source="synthetic", world_seed=0,
+                                        split_sizes={"train": 256}, world={}))
+  tokenizer_dir, dataset_dir = prepare_data(data, args.workdir)
   tokenizer = load_tokenizer(tokenizer_dir)
   base = get_preset(args.preset)
   config = fit_to_tokenizer(base, tokenizer)
