@@ -31,21 +31,17 @@ EXAMPLE_KEYS = ("answer", "problem_type", "options", "task", "data_type")
 DATASET_KEYS = ("dataset_dir", "split")
 
 
+def record_example(record: Mapping[str, Any]) -> dict:
+  """The example (`EXAMPLE_KEYS`) of a stored rollout record or of one batch row."""
+  return {"answer": str(record["answer"]), "problem_type": str(record["problem_type"]),
+          "options": list(record.get("options") or []), "task": str(record.get("task", "")),
+          "data_type": str(record.get("data_type", ""))}
+
+
 def batch_examples(prompts: Mapping[str, Any]) -> list[dict]:
   """Each prompt row's example from a batch (`data.batching.EXAMPLE_FIELDS`)."""
-  options = prompts.get("options")
-  return [{"answer": str(prompts["answer"][i]), "problem_type": str(prompts["problem_type"][i]),
-           "options": list(options[i]) if options is not None else [],
-           "task": str(prompts["task"][i]) if "task" in prompts else "",
-           "data_type": str(prompts["data_type"][i]) if "data_type" in prompts else ""}
+  return [record_example({k: prompts[k][i] for k in EXAMPLE_KEYS if k in prompts})
           for i in range(len(prompts["input_ids"]))]
-
-
-def record_example(record: Mapping[str, Any]) -> dict:
-  """A stored rollout record's example (`EXAMPLE_KEYS`)."""
-  return {"answer": record["answer"], "problem_type": record["problem_type"],
-          "options": list(record.get("options") or []), "task": record.get("task", ""),
-          "data_type": record.get("data_type", "")}
 
 
 _GENERATE_FIELDS = ("input_ids", "attention_mask", "position_ids", "pixel_values",
