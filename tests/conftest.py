@@ -1,7 +1,12 @@
-"""Test setup: 8 simulated CPU devices, fp32 matmuls, parsed absl flags (Grain workers need them).
+"""Test setup: 8 simulated CPU devices, fp32 matmuls, parsed absl flags (Grain workers need them),
+and one persistent compilation cache for the session: the whole-loop tests run the same stage
+programs several times (a run, its resumed twin, another config of the same model), and compile
+each only once.
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
@@ -12,9 +17,17 @@ import jax  # noqa: E402
 from absl import flags  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="veripo_test_xla_cache_")
+jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 flags.FLAGS.mark_as_parsed()
 
 import pytest  # noqa: E402
+
+
+def pytest_unconfigure(config):
+  del config
+  shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -238,6 +238,8 @@ def _world_tokenizer(tmp_path):
      "config.sharding_rules: unknown logical axis 'mlpp'"),
     (lambda c: setattr(c.data, "source", "synthetc"),
      "config.data.source: unknown 'synthetc' (did you mean 'synthetic'?)"),
+    (lambda c: setattr(c.data, "synthetic", False),
+     "config.data: unknown field(s) ['synthetic']; known: ['dataset_dir', 'source',"),
     (lambda c: setattr(c.model, "preset", "tinyy"),
      "config.model.preset: unknown 'tinyy' (did you mean 'tiny'?)"),
 ])

@@ -40,7 +40,7 @@ def world(tmp_path_factory):
 
 def loop_config(world):
   c = load_config_file(os.path.join(REPO, "configs/tiny.py"))
-  c.data.synthetic = False
+  c.data.source = "tfds"
   c.data.dataset_dir = world.dataset_dir
   c.data.tokenizer_dir = world.tokenizer_dir
   c.stage_order = STAGES

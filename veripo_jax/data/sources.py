@@ -6,7 +6,8 @@ source, which returns (tokenizer_dir, dataset_dir) for the run.
   synthetic  the synthetic video-QA world (`data.world`, `data.world_seed`, `data.split_sizes`),
              built once into WORKDIR/world and found again from any cwd.
 
-A new source is one `register_data_source` call.
+A new source is one `register_data_source` call, naming the `config.data` fields it reads: a
+field no source reads is a config error (a typo, or a field left from an older config).
 """
 
 from __future__ import annotations
@@ -22,20 +23,27 @@ from veripo_jax.fileio import write_text_atomic
 
 Prepare = Callable[[Any, str], tuple[str, str]]   # (config.data, workdir) -> (tokenizer, dataset)
 DATA_SOURCES: dict[str, Prepare] = {}
+_FIELDS: set[str] = {"source"}
 
 
-def register_data_source(name: str, prepare: Prepare) -> None:
+def register_data_source(name: str, prepare: Prepare, fields: tuple[str, ...]) -> None:
   if name in DATA_SOURCES:
     raise ValueError(f"data source {name!r} is already registered")
   DATA_SOURCES[name] = prepare
+  _FIELDS.update(fields)
 
 
 def check_source(data) -> None:
-  """A config error unless `data.source` names a registered source."""
+  """A config error unless `data.source` names a registered source and every field of
+  `config.data` is one a source reads."""
   name = data.get("source")
   if name not in DATA_SOURCES:
     raise ConfigError(f"config.data.source: unknown {name!r}{closest(str(name), DATA_SOURCES)}; "
                       f"known: {sorted(DATA_SOURCES)}")
+  unknown = sorted(set(data) - _FIELDS)
+  if unknown:
+    raise ConfigError(f"config.data: unknown field(s) {unknown}{closest(unknown[0], _FIELDS)}; "
+                      f"known: {sorted(_FIELDS)}")
 
 
 def prepare_data(data, workdir: str) -> tuple[str, str]:
@@ -68,5 +76,5 @@ def _synthetic(data, workdir: str) -> tuple[str, str]:
     return os.path.join(root, "tokenizer"), os.path.join(root, f.read().strip())
 
 
-register_data_source("tfds", _tfds)
-register_data_source("synthetic", _synthetic)
+register_data_source("tfds", _tfds, fields=("dataset_dir", "tokenizer_dir"))
+register_data_source("synthetic", _synthetic, fields=("world", "world_seed", "split_sizes"))
