@@ -80,6 +80,7 @@ def straight(world, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_stop_and_resume_equals_uninterrupted_run(world, straight, tmp_path):
   cfg = small_run_config(world)
 
