@@ -21,6 +21,16 @@ def closest(name: Any, choices: Iterable[Any]) -> str:
   return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def reject_unknown(given: Iterable[str], known: Iterable[str], where: str) -> None:
+  """A config error naming the fields of `given` not in `known`, the closest known name, and
+  the known ones."""
+  known = sorted(known)
+  unknown = sorted(set(given) - set(known))
+  if unknown:
+    raise ConfigError(f"{where}: unknown field(s) {unknown}{closest(unknown[0], known)}; "
+                      f"known: {known}")
+
+
 def from_config(cls: type[T], cfg: Mapping[str, Any] | None, where: str) -> T:
   """Builds dataclass `cls` from a config mapping; nested dataclass fields recurse.
 
@@ -31,10 +41,7 @@ def from_config(cls: type[T], cfg: Mapping[str, Any] | None, where: str) -> T:
     return cls()
   cfg = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
   fields = {f.name: f for f in dataclasses.fields(cls)}
-  unknown = sorted(set(cfg) - set(fields))
-  if unknown:
-    raise ConfigError(f"{where}: unknown field(s) {unknown}{closest(unknown[0], fields)}; "
-                      f"known: {sorted(fields)}")
+  reject_unknown(cfg, fields, where)
   hints = typing.get_type_hints(cls)
   kwargs = {}
   for name, value in cfg.items():

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import jax
 from jax.experimental import multihost_utils
 
-from veripo_jax.config_utils import ConfigError, closest, from_config
+from veripo_jax.config_utils import ConfigError, closest, from_config, reject_unknown
 from veripo_jax.fileio import write_text_atomic
 
 Prepare = Callable[[Any, str], tuple[str, str]]   # (config.data, workdir) -> (tokenizer, dataset)
@@ -40,10 +40,7 @@ def check_source(data) -> None:
   if name not in DATA_SOURCES:
     raise ConfigError(f"config.data.source: unknown {name!r}{closest(str(name), DATA_SOURCES)}; "
                       f"known: {sorted(DATA_SOURCES)}")
-  unknown = sorted(set(data) - _FIELDS)
-  if unknown:
-    raise ConfigError(f"config.data: unknown field(s) {unknown}{closest(unknown[0], _FIELDS)}; "
-                      f"known: {sorted(_FIELDS)}")
+  reject_unknown(data, _FIELDS, "config.data")
 
 
 def prepare_data(data, workdir: str) -> tuple[str, str]:

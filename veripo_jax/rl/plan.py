@@ -12,7 +12,7 @@ import dataclasses
 import os
 from typing import Any
 
-from veripo_jax.config_utils import ConfigError, closest, from_config
+from veripo_jax.config_utils import ConfigError, closest, from_config, reject_unknown
 from veripo_jax.data.sources import check_source
 from veripo_jax.models.qwen2_5_vl.config import PRESETS
 from veripo_jax.parallel.sharding import merge_rules
@@ -53,9 +53,7 @@ def _check_run_sections(cfg) -> None:
     value = cfg.mesh.get(axis)
     if not isinstance(value, int) or value == 0 or value < -1:
       raise ConfigError(f"config.mesh.{axis}: a positive integer or -1, not {value!r}")
-  unknown = sorted(set(cfg.mesh) - set(_MESH_AXES))
-  if unknown:
-    raise ConfigError(f"config.mesh: unknown field(s) {unknown}{closest(unknown[0], _MESH_AXES)}")
+  reject_unknown(cfg.mesh, _MESH_AXES, "config.mesh")
   try:
     merge_rules(cfg.get("sharding_rules", ()))
   except (TypeError, ValueError) as e:
@@ -107,10 +105,7 @@ def _check_references(cfg, stages: dict[str, PlannedStage]) -> None:
       if stage.init != "fresh":
         raise ConfigError(f"config.stages.{name}.model: an architecture of its own needs "
                           f"init='fresh' (the stage starts from {stage.init or 'the policy'})")
-      unknown = sorted(set(model) - {"preset", "text", "vision"})
-      if unknown:
-        raise ConfigError(f"config.stages.{name}.model: unknown field(s) {unknown}; known: "
-                          "['preset', 'text', 'vision']")
+      reject_unknown(model, ("preset", "text", "vision"), f"config.stages.{name}.model")
     if stage.kind == "dpo" and not is_path(stage.pairs):
       verifier = earlier(name, "pairs", stage.pairs, ("verifier",))
       # Pairs name their prompts' dataset and split; DPO must encode them as the sampler saw
