@@ -37,10 +37,10 @@ from veripo_jax.data.vision import VisionSettings
 from veripo_jax.models.qwen2_5_vl import Qwen25VL, fit_to_tokenizer, get_preset
 from veripo_jax.parallel.sharding import make_mesh, shard_model
 from veripo_jax.rl.dpo import DPOConfig, ReferenceLogprobs, step_batches
-from veripo_jax.rl.grpo import GRPOConfig, round_updates
+from veripo_jax.rl.grpo import GRPOConfig, grpo_round
 from veripo_jax.rl.pair_data import pair_loader
 from veripo_jax.rl.pairs import Pair
-from veripo_jax.rl.rollout import RolloutConfig, collect_rollouts
+from veripo_jax.rl.rollout import RolloutConfig
 from veripo_jax.rl.stage import DataConfig, RunContext
 from veripo_jax.train.learner import Learner
 from veripo_jax.train.metrics import MetricsWriter
@@ -101,11 +101,8 @@ def main():
   for r in range(args.repeats + 1):
     start = time.perf_counter()
     prompts = next(loader)
-    rollouts = collect_rollouts(learner.model(), prompts, ctx.tokenizer, rollout,
-                                jax.random.key(r), eos_token_ids=ctx.eos_token_ids,
-                                pad_token_id=ctx.model_config.pad_token_id, mesh=ctx.mesh)
-    generate_s = time.perf_counter() - start
-    _, steps = round_updates(ctx, learner, grpo, prompts, rollouts, r)
+    rollouts, _, steps = grpo_round(ctx, learner, grpo, prompts, r, jax.random.key(r))
+    generate_s = time.perf_counter() - start     # sampling, and the updates' host batches
     update_s = 0.0
     for batches in steps:
       seconds, _ = timed(lambda: learner.step(grpo.objective, batches))

@@ -19,6 +19,7 @@ from veripo_jax.data.synthetic.build import build_world
 from veripo_jax.data.synthetic.world import WorldConfig
 from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.data.vision import VisionSettings
+from veripo_jax.inference import generate
 from veripo_jax.models.qwen2_5_vl import Qwen25VL, fit_to_tokenizer, get_preset
 from veripo_jax.models.qwen2_5_vl.model import prepare_inputs
 from veripo_jax.parallel.sharding import make_mesh
@@ -151,6 +152,28 @@ def test_coarsened_vision_gives_the_same_features(world, tmp_path):
   coarse_f = np.asarray(model.visual(coarse))
   n = int((inputs.feature_index >= 0).sum())
   np.testing.assert_allclose(coarse_f[:n], fine_f[:n], rtol=1e-5, atol=1e-5)
+
+
+def test_generation_from_the_builders_preparation_equals_generation_from_the_batch(world,
+                                                                                    tmp_path):
+  """A GRPO round prepares its prompts once: sampling from the builder's inputs (coarsened
+  vision, the tower's features computed by the learner) gives the tokens sampling from the
+  raw batch gives."""
+  ctx = make_ctx(world, tmp_path)
+  loader = ctx.loader(DATA)
+  batch = next(b for b in loader if set(np.asarray(b["data_type"])) & {"video", "image"})
+  learner = Learner(Qwen25VL(ctx.model_config, rngs=nnx.Rngs(3)), OPT, ctx.mesh, frozen=FROZEN)
+  builder = sequence_builder(ctx, learner, batch, DATA)
+  prepared = builder.generation_inputs()
+  assert prepared[0].vision is None and prepared[0].vision_features is not None
+  kw = dict(max_new_tokens=6, num_samples=2, eos_token_ids=ctx.eos_token_ids)
+  fields = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values",
+                                  "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+                                  "second_per_grid_ts")}
+  raw = generate(learner.model(), fields, **kw)
+  shared = generate(learner.model(), {}, prepared=prepared, **kw)
+  np.testing.assert_array_equal(np.asarray(shared.tokens), np.asarray(raw.tokens))
+  np.testing.assert_allclose(np.asarray(shared.logprobs), np.asarray(raw.logprobs), atol=1e-4)
 
 
 def test_reference_is_computed_once_per_pair_and_equals_recomputation(world, tmp_path):

@@ -35,11 +35,14 @@ def generate(model: Qwen25VL, batch: Mapping[str, Any], max_new_tokens: int, *,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
              rng: jax.Array | None = None, num_samples: int = 1,
              eos_token_ids: Sequence[int] | None = None, pad_token_id: int | None = None,
-             mesh: Mesh | None = None, rules=DEFAULT_RULES) -> GenerateOutput:
+             mesh: Mesh | None = None, rules=DEFAULT_RULES,
+             prepared: tuple[ModelInputs, Any] | None = None) -> GenerateOutput:
   """Generates up to `max_new_tokens` for each left-padded prompt in `batch`.
 
   `batch` holds transformers' processor fields: `input_ids`, `attention_mask` and optional
   `pixel_values`/`image_grid_thw`, `pixel_values_videos`/`video_grid_thw`/`second_per_grid_ts`.
+  `prepared` = (inputs, next positions) of `batch` already prepared by the caller (who also
+  trains on them: a GRPO round prepares its prompts once); `batch` is then not read.
   Log-probs are of the model's own distribution (log_softmax of the logits, before temperature
   and filtering): what a policy-gradient update compares against.
   """
@@ -47,7 +50,7 @@ def generate(model: Qwen25VL, batch: Mapping[str, Any], max_new_tokens: int, *,
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   params = SamplingParams(temperature, top_p, top_k)
   cfg = model.config
-  inputs, next_pos = prepare_inputs(
+  inputs, next_pos = prepared or prepare_inputs(
       cfg, batch["input_ids"], batch.get("attention_mask"), rope_mode=model.rope_mode,
       **{k: batch.get(k) for k in _BATCH_KEYS})
   eos = tuple(eos_token_ids) if eos_token_ids is not None else (cfg.eos_token_id,)

@@ -89,18 +89,19 @@ def micro_batches(builder: SequenceBuilder, rollouts: Rollouts, groups: np.ndarr
 
 
 def round_updates(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: dict,
-                  rollouts: Rollouts, round_index: int, ref_params=None
+                  rollouts: Rollouts, round_index: int, ref_params=None,
+                  builder: SequenceBuilder | None = None
                   ) -> tuple[np.ndarray, list[list[GRPOBatch]]]:
-  """One GRPO round's updates, the algorithm without the bookkeeping: the trained groups (live
-  prompts; with `filter_zero_variance` only those whose G rewards differ) and, per optimizer
-  step, its micro-batches with pi_old (the sampler's, or recomputed) and the KL reference's
-  log-probs when `ref_params` is given."""
+  """One GRPO round's updates: the trained groups (live prompts; with `filter_zero_variance`
+  only those whose G rewards differ) and, per optimizer step, its micro-batches with pi_old
+  (the sampler's, or recomputed) and the KL reference's log-probs when `ref_params` is given.
+  `builder`: the round's sequence builder when the caller already made it."""
   g = cfg.rollout.num_samples
   live = np.asarray(prompts["example_mask"], bool)
   std = rollouts.rewards["total"].reshape(-1, g).std(1)
   groups = np.flatnonzero(live & ((std > 0) if cfg.filter_zero_variance else True))
   plan = update_plan(groups, cfg.global_batch // g, ctx.seed, round_index)
-  builder = sequence_builder(ctx, learner, prompts, cfg.data)
+  builder = builder or sequence_builder(ctx, learner, prompts, cfg.data)
   steps = [micro_batches(builder, rollouts, step, cfg.micro_batch // g) for step in plan]
   if cfg.recompute_old_logprobs:
     steps = [[dataclasses.replace(b, old_logp=to_host(learner.evaluate(
@@ -109,6 +110,25 @@ def round_updates(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: d
     steps = [[dataclasses.replace(b, ref_logp=to_host(learner.evaluate(
         SequenceLogprobs(), b.sequences, params=ref_params))) for b in step] for step in steps]
   return groups, steps
+
+
+def grpo_round(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: dict,
+               round_index: int, rng: jax.Array, *, rollouts: Rollouts | None = None,
+               ref_params=None) -> tuple[Rollouts, np.ndarray, list[list[GRPOBatch]]]:
+  """One GRPO round, the algorithm without the bookkeeping: the prompts prepared once (and,
+  with a frozen tower, their media encoded once) for both sampling and the update; G samples
+  per prompt with rewards and advantages (unless this round's `rollouts` are given: a resumed
+  round); then `round_updates`. Returns (rollouts, trained groups, per-step micro-batches)."""
+  builder = sequence_builder(ctx, learner, prompts, cfg.data)
+  if rollouts is None:
+    rollouts = collect_rollouts(
+        learner.model(), prompts, ctx.tokenizer, cfg.rollout, rng,
+        eos_token_ids=ctx.eos_token_ids, pad_token_id=ctx.model_config.pad_token_id,
+        mesh=ctx.mesh, rules=ctx.rules, dataset=ctx.dataset_ref(cfg.data),
+        prepared=builder.generation_inputs())
+  groups, steps = round_updates(ctx, learner, cfg, prompts, rollouts, round_index, ref_params,
+                                builder)
+  return rollouts, groups, steps
 
 
 class GRPOStage(Stage):
@@ -144,17 +164,15 @@ class GRPOStage(Stage):
       start = time.perf_counter()
       prompts = next(loader)
       resumed = extras["step_in_round"] > 0 and os.path.exists(self.rollout_path(r))
-      if resumed:
-        rollouts = read_rollouts(self.rollout_path(r), cfg.rollout.max_new_tokens)
-      else:
-        rollouts = collect_rollouts(
-            learner.model(), prompts, ctx.tokenizer, cfg.rollout, jax.random.fold_in(base_key, r),
-            eos_token_ids=ctx.eos_token_ids, pad_token_id=ctx.model_config.pad_token_id,
-            mesh=ctx.mesh, rules=ctx.rules, dataset=ctx.dataset_ref(cfg.data))
+      stored = (read_rollouts(self.rollout_path(r), cfg.rollout.max_new_tokens) if resumed
+                else None)
+      rollouts, groups, batches = grpo_round(ctx, learner, cfg, prompts, r,
+                                             jax.random.fold_in(base_key, r), rollouts=stored,
+                                             ref_params=ref_params)
+      if not resumed:
         write_rollouts(self.rollout_path(r), rollouts)
       generate_s = time.perf_counter() - start
       live = np.asarray(prompts["example_mask"], bool)
-      groups, batches = round_updates(ctx, learner, cfg, prompts, rollouts, r, ref_params)
       update_start = time.perf_counter()
       for k in range(extras["step_in_round"], len(batches)):
         metrics = learner.step(cfg.objective, batches[k])

@@ -171,13 +171,15 @@ def read_rollout_records(stage_dir: str, last_rounds: int = 0) -> list[dict]:
 def collect_rollouts(model: nnx.Module, prompts: Mapping[str, Any], tokenizer,
                      cfg: RolloutConfig, rng: jax.Array, *, eos_token_ids: Sequence[int],
                      pad_token_id: int, mesh=None, rules=DEFAULT_RULES,
-                     dataset: Mapping[str, str] | None = None) -> Rollouts:
+                     dataset: Mapping[str, str] | None = None, prepared=None) -> Rollouts:
   """Samples G responses per prompt row, scores them, and computes group advantages.
-  `dataset` ({"dataset_dir", "split"} of the prompts) is recorded with every response."""
+  `dataset` ({"dataset_dir", "split"} of the prompts) is recorded with every response;
+  `prepared`: the prompts' model inputs, when the caller prepared them (`generate`)."""
   out = generate(model, {k: prompts[k] for k in _GENERATE_FIELDS if k in prompts},
                  cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                  top_k=cfg.top_k, rng=rng, num_samples=cfg.num_samples,
-                 eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, mesh=mesh, rules=rules)
+                 eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, mesh=mesh, rules=rules,
+                 prepared=prepared)
   tokens, lengths, logprobs = (to_host(x) for x in (out.tokens, out.lengths, out.logprobs))
   g = cfg.num_samples
   owner = np.repeat(np.arange(len(prompts["input_ids"])), g)

@@ -254,6 +254,18 @@ class SequenceBuilder:
       if self.inputs.vision is not None:
         self.features = learner.evaluate(encode_vision, {"vision": self.inputs.vision})
 
+  def generation_inputs(self) -> tuple[ModelInputs, np.ndarray] | None:
+    """(prompt inputs, next positions) for `generate` from this builder's preparation, with
+    the tower's features in place of the vision inputs: sampling the batch and training on
+    it then prepare its prompts and encode its media once. None when the micro-batches carry
+    their own vision inputs (a trained tower)."""
+    if self.inputs is None:
+      return None
+    inputs = self.inputs
+    if self.features is not None:
+      inputs = inputs.replace(vision=None, vision_features=self.features)
+    return inputs, np.asarray(self.prompts["next_position"], np.int32)
+
   def _coarse(self, inputs: ModelInputs) -> ModelInputs:
     if self.patch_buckets is None or inputs.vision is None:
       return inputs
