@@ -17,8 +17,8 @@ cache. GRPO figures are the median of the timed rounds; DPO's the mean of its ti
 reference pass lands on the first epoch's steps only, so a median would hide it).
 
   python benchmarks/bench_grpo_vs_dpo.py [--preset tiny --prompts 8 --samples 8
-      --new_tokens 128 --grpo_batch 32 --dpo_batch 8 --dpo_epochs 4 --dpo_train_vision
-      --dpo_separate_rows --repeats 3 --workdir /tmp/bench_rl]
+      --new_tokens 128 --grpo_batch 32 --dpo_batch 8 --dpo_epochs 4 --grpo_share_prompt
+      --dpo_train_vision --dpo_separate_rows --repeats 3 --workdir /tmp/bench_rl]
 """
 import argparse
 import dataclasses
@@ -83,6 +83,8 @@ def main():
                  help="passes over the pairs (configs/tiny.py: 2)")
   p.add_argument("--dpo_separate_rows", action="store_true",
                  help="one row per response, the prompt copied into each (DPO's share_prompt off)")
+  p.add_argument("--grpo_share_prompt", action="store_true",
+                 help="a group's G responses share one row (GRPOConfig.share_prompt)")
   p.add_argument("--dpo_train_vision", action="store_true",
                  help="DPO trains the vision tower too (default: frozen, as configs/tiny.py)")
   args = p.parse_args()
@@ -93,7 +95,7 @@ def main():
   g = args.samples
   rollout = RolloutConfig(num_samples=g, max_new_tokens=args.new_tokens)
   grpo = GRPOConfig(global_batch=args.grpo_batch, micro_batch=args.grpo_batch, data=data,
-                    rollout=rollout)
+                    rollout=rollout, share_prompt=args.grpo_share_prompt)
   learner = Learner(model, OptimizerConfig(learning_rate=1e-5), ctx.mesh)   # vision frozen
   loader = ctx.loader(data)
 

@@ -40,6 +40,10 @@ class GRPOConfig:
   optimizer: OptimizerConfig = OptimizerConfig()
   frozen: tuple[str, ...] = (r"^visual\.",)
   filter_zero_variance: bool = False   # drop groups whose G rewards are all equal
+  # A group's G responses share one row: the prompt once, then G response blocks, each masked
+  # from the others (`rl.sequences`): the same log-probs for one prompt's compute instead of G.
+  # Rows grow to prompt + G x response tokens, so long responses want it off (dense masks).
+  share_prompt: bool = False
   # Verifier stages whose discarded easy prompts this stage's data leaves out (§1); the list is
   # kept in the checkpoint, so a resumed stage drops the same prompts.
   discard_from: tuple[str, ...] = ()
@@ -74,18 +78,32 @@ def micro_batches(builder: SequenceBuilder, rollouts: Rollouts, groups: np.ndarr
                   groups_per_micro: int) -> list[GRPOBatch]:
   """Host-side GRPO batches for the prompt rows `groups`: their G responses each."""
   g = rollouts.group_size
+  if builder.branches not in (1, g):
+    raise ValueError(f"a shared prompt row holds a whole group: {builder.branches} branches "
+                     f"for groups of {g}")
   out = []
   for i in range(0, len(groups), groups_per_micro):
     rows = groups[i:i + groups_per_micro]
-    idx = (rows[:, None] * g + np.arange(g)).reshape(-1)
-    seq = builder(rows, np.repeat(np.arange(len(rows)), g), rollouts.tokens[idx],
-                  rollouts.lengths[idx])
+    if builder.branches == 1:          # prompt-major: the G responses of a prompt in turn
+      idx = (rows[:, None] * g + np.arange(g)).reshape(-1)
+      owner = np.repeat(np.arange(len(rows)), g)
+    else:                              # branch-major: sample j of every prompt, then j + 1
+      idx = (rows[None, :] * g + np.arange(g)[:, None]).reshape(-1)
+      owner = np.tile(np.arange(len(rows)), g)
+    seq = builder(rows, owner, rollouts.tokens[idx], rollouts.lengths[idx])
     width = seq.targets.shape[1]
     old = np.zeros((len(idx), width), np.float32)
     take = min(width, rollouts.logprobs.shape[1])
     old[:, :take] = rollouts.logprobs[idx, :take]
     out.append(GRPOBatch(sequences=seq, old_logp=old, advantages=rollouts.advantages[idx]))
   return out
+
+
+def group_builder(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: dict
+                  ) -> SequenceBuilder:
+  """The round's sequence builder: one row per response, or per group with `share_prompt`."""
+  return sequence_builder(ctx, learner, prompts, cfg.data,
+                          branches=cfg.rollout.num_samples if cfg.share_prompt else 1)
 
 
 def round_updates(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: dict,
@@ -101,7 +119,7 @@ def round_updates(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: d
   std = rollouts.rewards["total"].reshape(-1, g).std(1)
   groups = np.flatnonzero(live & ((std > 0) if cfg.filter_zero_variance else True))
   plan = update_plan(groups, cfg.global_batch // g, ctx.seed, round_index)
-  builder = builder or sequence_builder(ctx, learner, prompts, cfg.data)
+  builder = builder or group_builder(ctx, learner, cfg, prompts)
   steps = [micro_batches(builder, rollouts, step, cfg.micro_batch // g) for step in plan]
   if cfg.recompute_old_logprobs:
     steps = [[dataclasses.replace(b, old_logp=to_host(learner.evaluate(
@@ -119,7 +137,7 @@ def grpo_round(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: dict
   with a frozen tower, their media encoded once) for both sampling and the update; G samples
   per prompt with rewards and advantages (unless this round's `rollouts` are given: a resumed
   round); then `round_updates`. Returns (rollouts, trained groups, per-step micro-batches)."""
-  builder = sequence_builder(ctx, learner, prompts, cfg.data)
+  builder = group_builder(ctx, learner, cfg, prompts)
   if rollouts is None:
     rollouts = collect_rollouts(
         learner.model(), prompts, ctx.tokenizer, cfg.rollout, rng,
