@@ -23,7 +23,8 @@ from veripo_jax.inference import generate
 from veripo_jax.models.qwen2_5_vl import Qwen25VL, fit_to_tokenizer, get_preset
 from veripo_jax.models.qwen2_5_vl.model import prepare_inputs
 from veripo_jax.parallel.sharding import make_mesh
-from veripo_jax.rl.dpo import DPOConfig, DPOStage, ReferenceLogprobs, dpo_micro_batches
+from veripo_jax.rl.dpo import (DPOConfig, DPOStage, ReferenceLogprobs, dpo_micro_batches,
+                               nll_weights, step_batches)
 from veripo_jax.rl.objectives import DPOBatch, DPOObjective, SequenceLogprobs
 from veripo_jax.rl.pair_data import pair_loader
 from veripo_jax.rl.pairs import Pair
@@ -212,6 +213,26 @@ def test_reference_is_computed_once_per_pair_and_equals_recomputation(world, tmp
   assert moved > 1e-2                                  # the policy left the reference
   assert calls == [4] * 4                              # 8 pairs x 2 sequences, epoch 1 only
   assert reference.sequences == 16
+
+
+def test_nll_weights_follow_each_pairs_family(world, tmp_path):
+  """`nll_families` gives each micro-batch's pairs their family's NLL weight, by pair index."""
+  ctx = make_ctx(world, tmp_path)
+  families = ("consistency", "reflection", "accuracy", "reflection")
+  pairs = [dataclasses.replace(p, family=families[i % 4])
+           for i, p in enumerate(make_pairs(8, [20] * 8))]
+  cfg = DPOConfig(micro_batch=2, data=DATA, nll_families=("consistency", "accuracy"))
+  weight = nll_weights(cfg, pairs)
+  np.testing.assert_array_equal(weight, [p.family != "reflection" for p in pairs])
+  assert nll_weights(dataclasses.replace(cfg, nll_families=()), pairs) is None
+  with pytest.raises(ValueError, match="nll_families"):
+    DPOConfig(nll_families=("reflections",))
+  learner = Learner(Qwen25VL(ctx.model_config, rngs=nnx.Rngs(0)), OPT, ctx.mesh, frozen=FROZEN)
+  batch = next(loader_of(ctx, pairs))
+  micro = step_batches(ctx, learner, cfg, batch, ReferenceLogprobs(8, learner.snapshot()),
+                       weight)
+  index = np.asarray(batch["pair_index"])
+  np.testing.assert_array_equal(np.concatenate([m.nll_weight for m in micro]), weight[index])
 
 
 def test_loss_equals_the_unbucketed_per_batch_reference_loss(world, tmp_path):

@@ -253,6 +253,12 @@ def test_dpo_nll_term_is_the_chosen_per_token_nll():
                  chosen_tokens=f32(tokens), nll_coef=0.5)
   extra = 0.5 * (-pw / tokens)
   assert value(rpo) - value(plain) == pytest.approx((extra * valid).sum() / 3, rel=1e-4)
+  # Per-pair weights of the NLL term (DPOConfig.nll_families): pair 1 without it.
+  weight = np.array([1.0, 0.0, 1.0, 0.5])
+  weighted = dpo_loss(f32(pw), f32(pl), f32(rw), f32(rl), f32(valid), beta=0.1,
+                      chosen_tokens=f32(tokens), nll_coef=0.5, nll_weight=f32(weight))
+  assert value(weighted) - value(plain) == pytest.approx(
+      (extra * weight * valid).sum() / 3, rel=1e-4)
   with pytest.raises(ValueError, match="chosen_tokens"):
     losses.dpo_loss(f32(pw), f32(pl), f32(rw), f32(rl), nll_coef=0.5)
 

@@ -18,6 +18,7 @@ import collections
 import dataclasses
 import math
 import time
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -26,6 +27,7 @@ from absl import logging
 from veripo_jax.parallel.multihost import to_host
 from veripo_jax.rl.objectives import DPOBatch, DPOObjective, SequenceLogprobs
 from veripo_jax.rl.pair_data import pair_loader
+from veripo_jax.rl.pair_families import PAIR_FAMILIES
 from veripo_jax.rl.pairs import Pair
 from veripo_jax.rl.sequences import SequenceBuilder
 from veripo_jax.rl.stage import DataConfig, RunContext, Stage, sequence_builder
@@ -44,8 +46,18 @@ class DPOConfig:
   # Chosen and rejected share one row: the prompt once, then the two responses, each masked
   # from the other (`rl.sequences`); same log-probs, one prompt's compute instead of two.
   share_prompt: bool = True
+  # Pair families whose chosen response gets the RPO NLL term (`objective.nll_coef`); () =
+  # every family. A reflection pair's chosen response opens with the rejected (wrong)
+  # reasoning: imitating it token by token teaches that reasoning too.
+  nll_families: tuple[str, ...] = ()
   save_every_steps: int = 50
   keep_checkpoints: int = 2
+
+  def __post_init__(self):
+    unknown = sorted(set(self.nll_families) - set(PAIR_FAMILIES))
+    if unknown:
+      raise ValueError(f"nll_families: unknown pair families {unknown}; registered: "
+                       f"{sorted(PAIR_FAMILIES)}")
 
   def steps(self, num_pairs: int) -> int:
     per_step = self.data.batch_size * jax.process_count()
@@ -68,13 +80,25 @@ def dpo_micro_batches(builder: SequenceBuilder, batch: dict, micro_batch: int) -
   return out
 
 
+def nll_weights(cfg: DPOConfig, pairs: Sequence[Pair]) -> np.ndarray | None:
+  """Per pair index: 1 where the pair's family gets the NLL term, else 0 (None: all do)."""
+  if not cfg.nll_families:
+    return None
+  return np.array([p.family in cfg.nll_families for p in pairs], np.float32)
+
+
 def step_batches(ctx: RunContext, learner: Learner, cfg: DPOConfig, batch: dict,
-                 reference: "ReferenceLogprobs") -> list[DPOBatch]:
+                 reference: "ReferenceLogprobs", nll_weight: np.ndarray | None = None
+                 ) -> list[DPOBatch]:
   """One DPO step's micro-batches, the algorithm without the bookkeeping: each pair's chosen and
-  rejected response (sharing one row with `share_prompt`) and their reference log-probs."""
+  rejected response (sharing one row with `share_prompt`), their reference log-probs, and
+  with `nll_weight` (per pair index, `nll_weights`) each pair's weight of the NLL term."""
   builder = sequence_builder(ctx, learner, batch, cfg.data,
                              branches=2 if cfg.share_prompt else 1)
-  return [DPOBatch(sequences=m["sequences"], ref_logp=reference(learner, m), valid=m["valid"])
+  return [DPOBatch(sequences=m["sequences"], ref_logp=reference(learner, m), valid=m["valid"],
+                   nll_weight=None if nll_weight is None else
+                   np.where(m["pair_index"] >= 0, nll_weight[np.maximum(m["pair_index"], 0)],
+                            0.0).astype(np.float32))
           for m in dpo_micro_batches(builder, batch, cfg.micro_batch)]
 
 
@@ -164,6 +188,7 @@ class DPOStage(Stage):
     learner = Learner(model, dataclasses.replace(cfg.optimizer, total_steps=total), ctx.mesh,
                       rules=ctx.rules, frozen=cfg.frozen)
     reference = ReferenceLogprobs(len(self.pairs), learner.snapshot())
+    nll_weight = nll_weights(cfg, self.pairs)
     v = ctx.model_config.vision
     loader = _TimedLoader(pair_loader(
         self.pairs, ctx.data_dir(cfg.data), cfg.data.split, ctx.loader_config(cfg.data),
@@ -177,7 +202,8 @@ class DPOStage(Stage):
 
     def step_fn(batch):
       ref_before = reference.seconds
-      metrics = learner.step(cfg.objective, step_batches(ctx, learner, cfg, batch, reference))
+      metrics = learner.step(cfg.objective, step_batches(ctx, learner, cfg, batch, reference,
+                                                         nll_weight))
       seconds = time.perf_counter() - loader.started
       sequences = 2 * int(np.sum(batch["example_mask"]))
       timings.append((seconds, sequences))

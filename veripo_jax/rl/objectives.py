@@ -29,6 +29,7 @@ class DPOBatch:
   sequences: SequenceBatch     # 2P rows: chosen responses first, then the rejected ones
   ref_logp: jax.Array          # (2P,) reference sequence log-probs, same order
   valid: jax.Array             # (P,) 0 for padding pairs
+  nll_weight: jax.Array | None = None   # (P,) weight of the RPO NLL term per pair (default 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,7 @@ class DPOObjective:
     tokens = batch.sequences.loss_mask[:p].astype(jnp.float32).sum(-1)
     return dpo_loss(seq[:p], seq[p:], batch.ref_logp[:p], batch.ref_logp[p:], batch.valid,
                     beta=self.beta, label_smoothing=self.label_smoothing,
-                    chosen_tokens=tokens, nll_coef=self.nll_coef)
+                    chosen_tokens=tokens, nll_coef=self.nll_coef, nll_weight=batch.nll_weight)
 
 
 @dataclasses.dataclass(frozen=True)
