@@ -107,19 +107,17 @@ def group_builder(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: d
 
 
 def round_updates(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: dict,
-                  rollouts: Rollouts, round_index: int, ref_params=None,
-                  builder: SequenceBuilder | None = None
-                  ) -> tuple[np.ndarray, list[list[GRPOBatch]]]:
+                  rollouts: Rollouts, round_index: int, builder: SequenceBuilder,
+                  ref_params=None) -> tuple[np.ndarray, list[list[GRPOBatch]]]:
   """One GRPO round's updates: the trained groups (live prompts; with `filter_zero_variance`
   only those whose G rewards differ) and, per optimizer step, its micro-batches with pi_old
   (the sampler's, or recomputed) and the KL reference's log-probs when `ref_params` is given.
-  `builder`: the round's sequence builder when the caller already made it."""
+  `builder`: the round's sequence builder (`group_builder`)."""
   g = cfg.rollout.num_samples
   live = np.asarray(prompts["example_mask"], bool)
   std = rollouts.rewards["total"].reshape(-1, g).std(1)
   groups = np.flatnonzero(live & ((std > 0) if cfg.filter_zero_variance else True))
   plan = update_plan(groups, cfg.global_batch // g, ctx.seed, round_index)
-  builder = builder or group_builder(ctx, learner, cfg, prompts)
   steps = [micro_batches(builder, rollouts, step, cfg.micro_batch // g) for step in plan]
   if cfg.recompute_old_logprobs:
     steps = [[dataclasses.replace(b, old_logp=to_host(learner.evaluate(
@@ -144,8 +142,8 @@ def grpo_round(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: dict
         eos_token_ids=ctx.eos_token_ids, pad_token_id=ctx.model_config.pad_token_id,
         mesh=ctx.mesh, rules=ctx.rules, dataset=ctx.dataset_ref(cfg.data),
         prepared=builder.generation_inputs())
-  groups, steps = round_updates(ctx, learner, cfg, prompts, rollouts, round_index, ref_params,
-                                builder)
+  groups, steps = round_updates(ctx, learner, cfg, prompts, rollouts, round_index, builder,
+                                ref_params)
   return rollouts, groups, steps
 
 
