@@ -67,6 +67,7 @@ def loop_config(world):
   s.verifier.verifier.judge_max_tokens = 4
   s.verifier.verifier.max_reasoning_tokens = 96
   s.dpo.data.batch_size, s.dpo.micro_batch, s.dpo.save_every_steps = 2, 2, 100
+  s.dpo.epochs = 2.0        # more than one step, so a stop can land inside the stage
   s.eval.data.batch_size, s.eval.rollout.num_samples = 4, 2
   return c
 
@@ -103,7 +104,7 @@ def test_loop_runs_every_stage_and_reports(straight):
   pairs = [json.loads(line) for line in _stage_file(workdir, "verifier", "pairs.jsonl")
            .splitlines()]
   assert len(pairs) == verifier["verifier/pairs_total"] > 0
-  assert summaries["dpo"]["pairs"] == len(pairs) and summaries["dpo"]["steps"] >= 1
+  assert summaries["dpo"]["pairs"] == len(pairs) and summaries["dpo"]["steps"] >= 2  # the kill test stops after step 1
   # The second GRPO stage trains on the data minus the discarded easy prompts.
   discard = json.loads(_stage_file(workdir, "verifier", "discard.json"))
   assert discard["discarded"], "the memorised world should have easy prompts"
