@@ -18,11 +18,12 @@ reference pass lands on the first epoch's steps only, so a median would hide it)
 
   python benchmarks/bench_grpo_vs_dpo.py [--preset tiny --prompts 8 --samples 8
       --new_tokens 128 --grpo_batch 32 --dpo_batch 8 --dpo_epochs 4 --grpo_share_prompt
-      --dpo_train_vision --dpo_separate_rows --repeats 3 --workdir /tmp/bench_rl]
+      --dpo_pairs_per_row 2 --dpo_train_vision --dpo_separate_rows --repeats 3
+      --workdir /tmp/bench_rl]
 """
 import argparse
 import dataclasses
-import math
+import itertools
 import time
 
 import jax
@@ -38,7 +39,7 @@ from veripo_jax.models.qwen2_5_vl import Qwen25VL, fit_to_tokenizer, get_preset
 from veripo_jax.parallel.sharding import make_mesh, shard_model
 from veripo_jax.rl.dpo import DPOConfig, ReferenceLogprobs, step_batches
 from veripo_jax.rl.grpo import GRPOConfig, grpo_round
-from veripo_jax.rl.pair_data import pair_loader
+from veripo_jax.rl.pair_data import pair_groups, pair_loader
 from veripo_jax.rl.pairs import Pair
 from veripo_jax.rl.rollout import RolloutConfig
 from veripo_jax.rl.stage import DataConfig, RunContext
@@ -85,6 +86,9 @@ def main():
                  help="one row per response, the prompt copied into each (DPO's share_prompt off)")
   p.add_argument("--grpo_share_prompt", action="store_true",
                  help="a group's G responses share one row (GRPOConfig.share_prompt)")
+  p.add_argument("--dpo_pairs_per_row", type=int, default=1,
+                 help="pairs made per prompt (j-th best vs j-th worst), all in the prompt's row "
+                      "(DPOConfig.pairs_per_row; configs/tiny.py: 2)")
   p.add_argument("--dpo_train_vision", action="store_true",
                  help="DPO trains the vision tower too (default: frozen, as configs/tiny.py)")
   args = p.parse_args()
@@ -114,18 +118,21 @@ def main():
     if r:
       grpo_rounds.append((time.perf_counter() - start, generate_s, update_s))
     totals = rollouts.rewards["total"].reshape(-1, g)
-    for row in range(args.prompts):
-      best, worst = row * g + int(np.argmax(totals[row])), row * g + int(np.argmin(totals[row]))
+    for row, j in itertools.product(range(args.prompts), range(args.dpo_pairs_per_row)):
+      ranked = np.argsort(-totals[row], kind="stable")
+      best, worst = row * g + int(ranked[j]), row * g + int(ranked[g - 1 - j])
       pairs.append(Pair(prompt_id=rollouts.prompt_ids[best],
                         source_index=int(prompts["source_index"][row]), family="benchmark",
                         chosen_tokens=tuple(rollouts.tokens[best, :rollouts.lengths[best]]),
                         rejected_tokens=tuple(rollouts.tokens[worst, :rollouts.lengths[worst]])))
 
-  dpo = DPOConfig(micro_batch=args.dpo_batch, share_prompt=not args.dpo_separate_rows,
-                  data=dataclasses.replace(data, batch_size=args.dpo_batch))
+  per_row = args.dpo_pairs_per_row
+  dpo = DPOConfig(micro_batch=args.dpo_batch * per_row, share_prompt=not args.dpo_separate_rows,
+                  pairs_per_row=per_row, data=dataclasses.replace(data, batch_size=args.dpo_batch))
   v = ctx.model_config.vision
   loaders = [pair_loader(pairs, ctx.dataset_dir, "train", ctx.loader_config(dpo.data),
-                         merge_size=v.spatial_merge_size, patch_dim=v.patch_dim)
+                         merge_size=v.spatial_merge_size, patch_dim=v.patch_dim,
+                         per_row=per_row)
              for _ in range(2)]            # a warm-up one and the timed one: same batches
   dpo_learner = (Learner(learner.model(), OptimizerConfig(learning_rate=1e-5), ctx.mesh,
                          frozen=()) if args.dpo_train_vision else learner)
@@ -141,27 +148,27 @@ def main():
   # with an empty reference cache, as DPOStage does.
   dpo_step(loaders[0], ReferenceLogprobs(len(pairs), snapshot))
   reference = ReferenceLogprobs(len(pairs), snapshot)
-  num_steps = max(1, math.ceil(len(pairs) * args.dpo_epochs / args.dpo_batch))
+  num_steps = dpo.steps(len(pair_groups(pairs, per_row)))
   dpo_steps = [dpo_step(loaders[1], reference) for _ in range(num_steps)]
 
   round_s, gen_s, upd_s = (float(np.median([x[i] for x in grpo_rounds])) for i in range(3))
   grpo_per_prompt = round_s / args.prompts
   grpo_per_response = grpo_per_prompt / g
   dpo_step_s = float(np.mean(dpo_steps))
-  dpo_per_pair = dpo_step_s / args.dpo_batch
+  dpo_per_pair = dpo_step_s / (args.dpo_batch * per_row)
   dpo_per_sequence = dpo_per_pair / 2
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, preset {args.preset}, "
         f"{args.prompts} prompts x G={g}, <= {args.new_tokens} new tokens")
   print(f"GRPO round: {round_s:.2f} s (generation + rewards {gen_s:.2f} s, updates "
         f"{upd_s:.2f} s); per prompt {grpo_per_prompt * 1e3:.1f} ms, per response "
         f"{grpo_per_response * 1e3:.1f} ms")
-  print(f"DPO: {num_steps} steps of {args.dpo_batch} pairs ({len(pairs)} pairs x "
+  print(f"DPO: {num_steps} steps of {args.dpo_batch} rows x {per_row} pairs ({len(pairs)} pairs x "
         f"{args.dpo_epochs:g} epochs, vision tower "
         f"{'trained' if args.dpo_train_vision else 'frozen'}): {dpo_step_s:.2f} s a step, "
         f"of which reference {reference.seconds / num_steps:.2f} s amortized "
         f"({reference.sequences} sequences once); per pair {dpo_per_pair * 1e3:.1f} ms")
   print(f"train steps/s: GRPO update ({args.grpo_batch} responses) "
-        f"{1 / float(np.median(grpo_steps)):.2f}, DPO ({args.dpo_batch} pairs) "
+        f"{1 / float(np.median(grpo_steps)):.2f}, DPO ({args.dpo_batch * per_row} pairs) "
         f"{1 / dpo_step_s:.2f}")
   print(f"per trained sequence: GRPO {grpo_per_response * 1e3:.1f} ms per response, DPO "
         f"{dpo_per_sequence * 1e3:.1f} ms per sequence: DPO "

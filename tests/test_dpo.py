@@ -26,7 +26,7 @@ from veripo_jax.parallel.sharding import make_mesh
 from veripo_jax.rl.dpo import (DPOConfig, DPOStage, ReferenceLogprobs, dpo_micro_batches,
                                nll_weights, step_batches)
 from veripo_jax.rl.objectives import DPOBatch, DPOObjective, SequenceLogprobs
-from veripo_jax.rl.pair_data import pair_loader
+from veripo_jax.rl.pair_data import pair_groups, pair_loader
 from veripo_jax.rl.pairs import Pair
 from veripo_jax.rl.sequences import (SequenceBuilder, coarsen_vision, encode_vision,
                                      prompt_inputs)
@@ -74,10 +74,15 @@ def make_pairs(n: int, lengths, seed: int = 0) -> list[Pair]:
           for i in range(n)]
 
 
-def loader_of(ctx, pairs, data=DATA):
+def loader_of(ctx, pairs, data=DATA, per_row=1):
   v = ctx.model_config.vision
   return pair_loader(pairs, ctx.dataset_dir, "train", ctx.loader_config(data),
-                     merge_size=v.spatial_merge_size, patch_dim=v.patch_dim)
+                     merge_size=v.spatial_merge_size, patch_dim=v.patch_dim, per_row=per_row)
+
+
+def on_prompts(pairs, prompts):
+  """`pairs` moved onto train examples `prompts` (several pairs per prompt)."""
+  return [dataclasses.replace(p, source_index=s) for p, s in zip(pairs, prompts)]
 
 
 def fine_patches(ctx, batch) -> int:
@@ -109,6 +114,66 @@ def test_pair_batches_carry_their_index_and_bucketed_widths(world, tmp_path):
       assert batch["response_lengths"][row + 4] == len(pair.rejected_tokens)
     seen += batch["pair_index"].tolist()
   assert sorted(seen[:8]) == sorted(seen[8:]) == list(range(8))
+
+
+def test_pairs_group_by_prompt_up_to_per_row_ordered_by_first_pair():
+  pairs = on_prompts(make_pairs(7, [5] * 7), [3, 1, 3, 3, 1, 2, 3])
+  assert pair_groups(pairs, 2) == [(0, 2), (1, 4), (3, 6), (5,)]
+  assert pair_groups(pairs, 1) == [(i,) for i in range(7)]
+  other = pairs[:6] + [dataclasses.replace(pairs[6], split="other")]   # another split's prompt 3
+  assert pair_groups(other, 4) == [(0, 2, 3), (1, 4), (5,), (6,)]
+
+
+def test_rows_with_two_pair_slots_hold_each_pairs_responses(world, tmp_path):
+  """A row per prompt with both of its pairs (or one and an empty slot): every slot's
+  responses are its pair's tokens, slot-major, and each pair comes once an epoch."""
+  ctx = make_ctx(world, tmp_path)
+  pairs = on_prompts(make_pairs(7, [30 + 4 * i for i in range(7)]), [0, 0, 1, 1, 2, 2, 3])
+  loader = loader_of(ctx, pairs, per_row=2)
+  for _ in range(2):                   # 4 rows a batch: each batch is an epoch
+    batch = next(loader)
+    k = len(batch["input_ids"])
+    index = batch["pair_index"].reshape(2, k)
+    for slot, row in np.ndindex(2, k):
+      i = index[slot, row]
+      chosen, rejected = slot * k + row, (2 + slot) * k + row
+      if i < 0:
+        assert batch["response_lengths"][[chosen, rejected]].tolist() == [0, 0]
+        continue
+      assert batch["source_index"][row] == pairs[i].source_index
+      for r, tokens in ((chosen, pairs[i].chosen_tokens), (rejected, pairs[i].rejected_tokens)):
+        assert batch["response_lengths"][r] == len(tokens)
+        np.testing.assert_array_equal(batch["responses"][r, :len(tokens)], tokens)
+    assert sorted(i for i in index.reshape(-1) if i >= 0) == list(range(7))
+
+
+def test_two_pairs_a_row_give_each_pair_the_log_probs_and_loss_of_its_own_row(world, tmp_path):
+  """The same 6 pairs on 3 prompts, one pair a row vs both pairs of a prompt in one row: the
+  same chosen and rejected log-probs per pair, and the same DPO loss."""
+  ctx = make_ctx(world, tmp_path)
+  pairs = on_prompts(make_pairs(6, [20 + 9 * i for i in range(6)]), [0, 0, 1, 1, 2, 2])
+  learner = Learner(Qwen25VL(ctx.model_config, rngs=nnx.Rngs(0)), OPT, ctx.mesh, frozen=FROZEN)
+  per_pair, losses = [], []
+  for per_row in (1, 2):
+    data = dataclasses.replace(DATA, batch_size=6 // per_row)          # every pair, one step
+    cfg = DPOConfig(micro_batch=6, pairs_per_row=per_row, data=data)
+    batch = next(loader_of(ctx, pairs, data, per_row))
+    [micro] = step_batches(ctx, learner, cfg, batch, ReferenceLogprobs(6, learner.snapshot()))
+    assert micro.sequences.branches == 2 * per_row
+    index = np.concatenate([m["pair_index"] for m in dpo_micro_batches(
+        sequence_builder(ctx, learner, batch, data, branches=2 * per_row), batch, 6)])
+    seq = np.asarray(learner.evaluate(SequenceLogprobs(), micro.sequences)).sum(-1)
+    values = np.zeros((6, 2))
+    live = index >= 0
+    values[index[live]] = np.stack([seq[:len(index)], seq[len(index):]], 1)[live]
+    assert sorted(index[live]) == list(range(6))
+    per_pair.append(values)
+    shifted = dataclasses.replace(micro, ref_logp=micro.ref_logp - 0.5)   # a non-zero margin
+    losses.append(float(learner.evaluate(DPOObjective(nll_coef=1.0), shifted).loss_sum))
+  np.testing.assert_allclose(per_pair[0], per_pair[1], rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+  with pytest.raises(ValueError, match="pairs_per_row"):
+    DPOConfig(micro_batch=3, pairs_per_row=2)
 
 
 @pytest.mark.parametrize("frozen", [FROZEN, ()], ids=["frozen_vision", "trained_vision"])

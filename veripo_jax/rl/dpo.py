@@ -1,6 +1,7 @@
 """The DPO stage: sigmoid DPO on stored preference pairs against the start-of-stage policy.
 
-Each step reads `data.batch_size` pairs per host; chosen and rejected share one encoding of the
+Each step reads `data.batch_size` prompt rows per host, each with one pair or (`pairs_per_row`)
+up to that many pairs on the prompt; all responses of a row share one encoding of the
 prompt's video (with a frozen vision tower, one encoding per batch serves the reference pass
 and the update). Reference sequence log-probs come from a frozen copy of the stage's input
 policy: computed the first time a pair reaches a step and kept on the host by pair index, so
@@ -26,7 +27,7 @@ from absl import logging
 
 from veripo_jax.parallel.multihost import to_host
 from veripo_jax.rl.objectives import DPOBatch, DPOObjective, SequenceLogprobs
-from veripo_jax.rl.pair_data import pair_loader
+from veripo_jax.rl.pair_data import pair_groups, pair_loader
 from veripo_jax.rl.pair_families import PAIR_FAMILIES
 from veripo_jax.rl.pairs import Pair
 from veripo_jax.rl.sequences import SequenceBuilder
@@ -38,14 +39,18 @@ from veripo_jax.train.optimizer import OptimizerConfig
 @dataclasses.dataclass(frozen=True)
 class DPOConfig:
   epochs: float = 1.0              # passes over the pairs; sets the number of steps
-  micro_batch: int = 8             # pairs per accumulated micro-batch
-  data: DataConfig = DataConfig(batch_size=32)   # batch_size = pairs per step per host
+  micro_batch: int = 8             # pair slots (rows x pairs_per_row) per micro-batch
+  # batch_size = prompt rows per step per host, each with up to pairs_per_row pairs
+  data: DataConfig = DataConfig(batch_size=32)
   objective: DPOObjective = DPOObjective()
   optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-7)
   frozen: tuple[str, ...] = (r"^visual\.",)
   # Chosen and rejected share one row: the prompt once, then the two responses, each masked
   # from the other (`rl.sequences`); same log-probs, one prompt's compute instead of two.
   share_prompt: bool = True
+  # Pairs on one prompt that share its row (with share_prompt): 2 puts the verifier's two
+  # pairs of a prompt (`max_pairs_per_prompt`) in one row, the prompt once for 4 responses.
+  pairs_per_row: int = 1
   # Pair families whose chosen response gets the RPO NLL term (`objective.nll_coef`); () =
   # every family. A reflection pair's chosen response opens with the rejected (wrong)
   # reasoning: imitating it token by token teaches that reasoning too.
@@ -54,29 +59,42 @@ class DPOConfig:
   keep_checkpoints: int = 2
 
   def __post_init__(self):
+    if self.pairs_per_row < 1 or self.micro_batch % self.pairs_per_row:
+      raise ValueError(f"pairs_per_row: {self.pairs_per_row} must be >= 1 and divide "
+                       f"micro_batch ({self.micro_batch})")
     unknown = sorted(set(self.nll_families) - set(PAIR_FAMILIES))
     if unknown:
       raise ValueError(f"nll_families: unknown pair families {unknown}; registered: "
                        f"{sorted(PAIR_FAMILIES)}")
 
-  def steps(self, num_pairs: int) -> int:
+  def steps(self, num_rows: int) -> int:
+    """Optimizer steps for `num_rows` loader items (pair groups, `pair_data.pair_groups`)."""
     per_step = self.data.batch_size * jax.process_count()
-    return max(1, math.ceil(num_pairs * self.epochs / per_step))
+    return max(1, math.ceil(num_rows * self.epochs / per_step))
 
 
 def dpo_micro_batches(builder: SequenceBuilder, batch: dict, micro_batch: int) -> list[dict]:
-  """Host-side (sequences, valid, pair_index) per micro-batch: rows = chosen of each pair, then
-  rejected."""
+  """Host-side (sequences, valid, pair_index) per micro-batch of `micro_batch` pair slots.
+
+  A batch of K rows with P pair slots each (`PairCollator`) gives micro-batches of
+  micro_batch / P rows; their sequences are the 2P response blocks of those rows (chosen of
+  each slot, then rejected), so sequence log-probs split into chosen and rejected halves whose
+  pairs follow `pair_index` (slot-major). Empty slots are not valid.
+  """
   k = len(batch["input_ids"])
-  index = np.asarray(batch.get("pair_index", np.full(k, -1)), np.int64)
+  index = np.asarray(batch["pair_index"], np.int64).reshape(-1, k)         # (P, K)
+  slots = len(index)
+  rows_per_micro = max(1, micro_batch // slots)
+  mask = np.asarray(batch["example_mask"]).astype(bool)
   out = []
-  for i in range(0, k, micro_batch):
-    rows = np.arange(i, min(k, i + micro_batch))
-    idx = np.concatenate([rows, rows + k])
-    seq = builder(rows, np.concatenate([np.arange(len(rows))] * 2), batch["responses"][idx],
-                  batch["response_lengths"][idx])
-    out.append({"sequences": seq, "valid": np.asarray(batch["example_mask"])[rows],
-                "pair_index": index[rows]})
+  for i in range(0, k, rows_per_micro):
+    rows = np.arange(i, min(k, i + rows_per_micro))
+    blocks = (np.arange(2 * slots)[:, None] * k + rows[None]).reshape(-1)
+    seq = builder(rows, np.tile(np.arange(len(rows)), 2 * slots), batch["responses"][blocks],
+                  batch["response_lengths"][blocks])
+    pair_index = index[:, rows].reshape(-1)
+    valid = (pair_index >= 0) & np.tile(mask[rows], slots)
+    out.append({"sequences": seq, "valid": valid.astype(np.float32), "pair_index": pair_index})
   return out
 
 
@@ -93,13 +111,19 @@ def step_batches(ctx: RunContext, learner: Learner, cfg: DPOConfig, batch: dict,
   """One DPO step's micro-batches, the algorithm without the bookkeeping: each pair's chosen and
   rejected response (sharing one row with `share_prompt`), their reference log-probs, and
   with `nll_weight` (per pair index, `nll_weights`) each pair's weight of the NLL term."""
+  slots = len(batch["pair_index"]) // len(batch["input_ids"])
   builder = sequence_builder(ctx, learner, batch, cfg.data,
-                             branches=2 if cfg.share_prompt else 1)
+                             branches=2 * slots if cfg.share_prompt else 1)
   return [DPOBatch(sequences=m["sequences"], ref_logp=reference(learner, m), valid=m["valid"],
                    nll_weight=None if nll_weight is None else
                    np.where(m["pair_index"] >= 0, nll_weight[np.maximum(m["pair_index"], 0)],
                             0.0).astype(np.float32))
           for m in dpo_micro_batches(builder, batch, cfg.micro_batch)]
+
+
+def pairs_in(batch: dict) -> int:
+  """The pairs a DPO batch trains (its samples, in the paper's unit)."""
+  return int(np.sum(np.asarray(batch["pair_index"]) >= 0))
 
 
 class ReferenceLogprobs:
@@ -184,7 +208,7 @@ class DPOStage(Stage):
       # A verifier that found no good rollout: the loop goes on with the policy unchanged.
       logging.warning("%s: no preference pairs; passing the policy on untrained", self.name)
       return self.finish(model, {"steps": 0, "pairs": 0, "pair_families": {}, "last": {}})
-    total = cfg.steps(len(self.pairs))
+    total = cfg.steps(len(pair_groups(self.pairs, cfg.pairs_per_row)))
     learner = Learner(model, dataclasses.replace(cfg.optimizer, total_steps=total), ctx.mesh,
                       rules=ctx.rules, frozen=cfg.frozen)
     reference = ReferenceLogprobs(len(self.pairs), learner.snapshot())
@@ -194,7 +218,8 @@ class DPOStage(Stage):
         self.pairs, ctx.data_dir(cfg.data), cfg.data.split, ctx.loader_config(cfg.data),
         merge_size=v.spatial_merge_size, patch_dim=v.patch_dim,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        gather_hosts=jax.process_count() > 1, resolve_dataset_dir=ctx.resolve_dataset_dir))
+        gather_hosts=jax.process_count() > 1, per_row=cfg.pairs_per_row,
+        resolve_dataset_dir=ctx.resolve_dataset_dir))
     extras = self.restore(learner)
     if extras is not None:
       loader.set_state(extras["loader"])
@@ -205,14 +230,15 @@ class DPOStage(Stage):
       metrics = learner.step(cfg.objective, step_batches(ctx, learner, cfg, batch, reference,
                                                          nll_weight))
       seconds = time.perf_counter() - loader.started
-      sequences = 2 * int(np.sum(batch["example_mask"]))
+      sequences = 2 * pairs_in(batch)
       timings.append((seconds, sequences))
       ctx.writer.write(self.name, int(learner.state.step), {
           "time/sequence_s": seconds / max(1, sequences),
           "time/reference_s": reference.seconds - ref_before})
       return metrics
 
-    metrics = self.run_steps(learner, loader, total, cfg.save_every_steps, step_fn)
+    metrics = self.run_steps(learner, loader, total, cfg.save_every_steps, step_fn,
+                             samples=pairs_in)
     families = dict(collections.Counter(p.family for p in self.pairs))
     return self.finish(learner.model(), {
         "steps": total, "pairs": len(self.pairs), "pair_families": families, "last": metrics,

@@ -191,15 +191,18 @@ class Stage:
       raise Preempted(f"{self.name}: stopped at optimizer step {int(learner.state.step)}")
 
   def run_steps(self, learner: Learner, loader: Loader, total: int, save_every: int,
-                step_fn: Callable[[dict], dict]) -> dict:
+                step_fn: Callable[[dict], dict],
+                samples: Callable[[dict], int] | None = None) -> dict:
     """One optimizer step per loader batch up to `total` (SFT, DPO): metrics, periodic saves
-    and stops. `step_fn(batch)` runs the step and returns its metrics; returns the last ones."""
+    and stops. `step_fn(batch)` runs the step and returns its metrics; returns the last ones.
+    `samples(batch)` counts a batch's samples for `time/sample_s` (default: its examples)."""
     start, t0, metrics = int(learner.state.step), time.perf_counter(), {}
     for step in progress(range(start, total), total=total - start, desc=self.name):
       batch = next(loader)
       metrics = {f"{self.kind}/{k}": v for k, v in step_fn(batch).items()}
-      metrics["time/sample_s"] = (time.perf_counter() - t0) / max(
-          1, int(np.sum(batch["example_mask"])))
+      count = (samples(batch) if samples is not None
+               else int(np.sum(batch["example_mask"])))
+      metrics["time/sample_s"] = (time.perf_counter() - t0) / max(1, count)
       self.ctx.writer.write(self.name, step + 1, metrics)
       t0 = time.perf_counter()
       extras = {"loader": loader.get_state()}
