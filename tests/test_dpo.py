@@ -300,6 +300,31 @@ def test_nll_weights_follow_each_pairs_family(world, tmp_path):
   np.testing.assert_array_equal(np.concatenate([m.nll_weight for m in micro]), weight[index])
 
 
+def test_nll_term_covers_each_chosen_response_from_its_nll_from(world, tmp_path):
+  """With `Pair.chosen_nll_from`, the loss is DPO on whole responses plus each chosen
+  response's mean NLL over its tokens from that offset (none past its end), computed here from
+  per-token log-probs."""
+  ctx = make_ctx(world, tmp_path)
+  starts = [0, 5, 12, 30]                                   # 30: past the 20 tokens
+  pairs = [dataclasses.replace(p, chosen_nll_from=n)
+           for p, n in zip(make_pairs(4, [20] * 4), starts)]
+  learner = Learner(Qwen25VL(ctx.model_config, rngs=nnx.Rngs(0)), OPT, ctx.mesh, frozen=FROZEN)
+  cfg = DPOConfig(micro_batch=4, data=DATA, objective=DPOObjective(beta=0.5, nll_coef=1.0))
+  batch = next(loader_of(ctx, pairs))
+  [micro] = step_batches(ctx, learner, cfg, batch, ReferenceLogprobs(4, learner.snapshot()))
+  start = np.array([starts[i] for i in batch["pair_index"]])
+  np.testing.assert_array_equal(micro.nll_from, start)
+  micro = dataclasses.replace(micro, ref_logp=micro.ref_logp - 0.3 * np.arange(8))
+  logp = np.asarray(learner.evaluate(SequenceLogprobs(), micro.sequences), np.float64)
+  seq, ref = logp.sum(-1), np.asarray(micro.ref_logp, np.float64)
+  x = 0.5 * ((seq[:4] - ref[:4]) - (seq[4:] - ref[4:]))
+  nll = np.array([-logp[i, n:20].sum() / max(1, 20 - n) for i, n in enumerate(start)])
+  want = (np.log1p(np.exp(-x)) + nll).sum()
+  got = float(learner.evaluate(cfg.objective, micro).loss_sum)
+  assert nll[start == 30] == 0 and abs(want - np.log1p(np.exp(-x)).sum()) > 1.0
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 def test_loss_equals_the_unbucketed_per_batch_reference_loss(world, tmp_path):
   """The trained-tower path after one update: the DPO loss from coarsened vision inputs and
   cached reference log-probs equals the one from the model's own buckets and a reference

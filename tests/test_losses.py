@@ -259,6 +259,13 @@ def test_dpo_nll_term_is_the_chosen_per_token_nll():
                       chosen_tokens=f32(tokens), nll_coef=0.5, nll_weight=f32(weight))
   assert value(weighted) - value(plain) == pytest.approx(
       (extra * weight * valid).sum() / 3, rel=1e-4)
+  # The term over part of each chosen response (a reflection pair's correction): its own
+  # log-prob sum and token count; the DPO part still reads the whole response.
+  part, part_tokens = pw / 3.0, np.array([4.0, 2.0, 3.0, 1.0])
+  partial = dpo_loss(f32(pw), f32(pl), f32(rw), f32(rl), f32(valid), beta=0.1,
+                     chosen_tokens=f32(part_tokens), nll_coef=0.5, nll_logp=f32(part))
+  assert value(partial) - value(plain) == pytest.approx(
+      (0.5 * (-part / part_tokens) * valid).sum() / 3, rel=1e-4)
   with pytest.raises(ValueError, match="chosen_tokens"):
     losses.dpo_loss(f32(pw), f32(pl), f32(rw), f32(rl), nll_coef=0.5)
 

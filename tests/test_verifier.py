@@ -220,6 +220,10 @@ def test_reflection_pair_text_and_tokens():
                          "stops at the back right corner. So the answer is B.", "B") == expected
   assert pair.chosen_tokens == (*encode(expected), EOS)
   assert pair.rejected_tokens == (*encode(GROUPS[0][4][3][0]), EOS)
+  # DPO's NLL term imitates the correction only: from the token after the phrase.
+  correction = pair.chosen_tokens[pair.chosen_nll_from:]
+  assert correction == (*encode(expected[expected.index(PHRASE) + len(PHRASE):]), EOS)
+  assert result.pairs[1].chosen_nll_from == 0
 
 
 def test_length_limit():

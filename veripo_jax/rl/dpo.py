@@ -94,7 +94,9 @@ def dpo_micro_batches(builder: SequenceBuilder, batch: dict, micro_batch: int) -
                   batch["response_lengths"][blocks])
     pair_index = index[:, rows].reshape(-1)
     valid = (pair_index >= 0) & np.tile(mask[rows], slots)
-    out.append({"sequences": seq, "valid": valid.astype(np.float32), "pair_index": pair_index})
+    nll_from = np.asarray(batch["nll_from"], np.int32).reshape(-1, k)[:, rows].reshape(-1)
+    out.append({"sequences": seq, "valid": valid.astype(np.float32), "pair_index": pair_index,
+                "nll_from": nll_from})
   return out
 
 
@@ -109,13 +111,14 @@ def step_batches(ctx: RunContext, learner: Learner, cfg: DPOConfig, batch: dict,
                  reference: "ReferenceLogprobs", nll_weight: np.ndarray | None = None
                  ) -> list[DPOBatch]:
   """One DPO step's micro-batches, the algorithm without the bookkeeping: each pair's chosen and
-  rejected response (sharing one row with `share_prompt`), their reference log-probs, and
-  with `nll_weight` (per pair index, `nll_weights`) each pair's weight of the NLL term."""
+  rejected response (sharing one row with `share_prompt`), their reference log-probs, where
+  each chosen response's NLL term starts (`Pair.chosen_nll_from`), and with `nll_weight` (per
+  pair index, `nll_weights`) each pair's weight of the NLL term."""
   slots = len(batch["pair_index"]) // len(batch["input_ids"])
   builder = sequence_builder(ctx, learner, batch, cfg.data,
                              branches=2 * slots if cfg.share_prompt else 1)
   return [DPOBatch(sequences=m["sequences"], ref_logp=reference(learner, m), valid=m["valid"],
-                   nll_weight=None if nll_weight is None else
+                   nll_from=m["nll_from"], nll_weight=None if nll_weight is None else
                    np.where(m["pair_index"] >= 0, nll_weight[np.maximum(m["pair_index"], 0)],
                             0.0).astype(np.float32))
           for m in dpo_micro_batches(builder, batch, cfg.micro_batch)]

@@ -100,14 +100,17 @@ def grpo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask:
 def dpo_loss(chosen_logp: jax.Array, rejected_logp: jax.Array, ref_chosen_logp: jax.Array,
              ref_rejected_logp: jax.Array, valid: jax.Array | None = None, *, beta: float = 0.1,
              label_smoothing: float = 0.0, chosen_tokens: jax.Array | None = None,
-             nll_coef: float = 0.0, nll_weight: jax.Array | None = None) -> LossTerms:
+             nll_coef: float = 0.0, nll_weight: jax.Array | None = None,
+             nll_logp: jax.Array | None = None) -> LossTerms:
   """Sigmoid DPO over (P,) sequence log-probs (sums over response tokens).
 
   loss = -log sigma(beta * ((pi_w - ref_w) - (pi_l - ref_l))); with label smoothing e the
   conservative form -(1 - e) log sigma(x) - e log sigma(-x). With `nll_coef` a > 0, plus
   a * (-pi_w / |y_w|), the chosen response's per-token NLL (`chosen_tokens` = |y_w|): the
   RPO form (Pang et al. 2024), which keeps DPO from lowering the chosen log-probs along with
-  the rejected ones. `nll_weight` (P,) scales that term per pair (default 1).
+  the rejected ones. `nll_weight` (P,) scales that term per pair (default 1). `nll_logp` is
+  the log-prob that term reads when it covers only part of the chosen response (then
+  `chosen_tokens` counts that part's tokens); default `chosen_logp`.
   """
   valid = jnp.ones_like(chosen_logp) if valid is None else valid.astype(jnp.float32)
   chosen_reward = beta * (chosen_logp - ref_chosen_logp)
@@ -118,7 +121,7 @@ def dpo_loss(chosen_logp: jax.Array, rejected_logp: jax.Array, ref_chosen_logp: 
   if nll_coef:
     if chosen_tokens is None:
       raise ValueError("nll_coef > 0 needs chosen_tokens (the chosen responses' lengths)")
-    nll = -chosen_logp / jnp.maximum(chosen_tokens, 1.0)
+    nll = -(chosen_logp if nll_logp is None else nll_logp) / jnp.maximum(chosen_tokens, 1.0)
     losses = losses + nll_coef * (nll if nll_weight is None else nll_weight * nll)
   stat = lambda v: ((v * valid).sum(), valid.sum())
   metrics = {

@@ -30,6 +30,7 @@ class DPOBatch:
   ref_logp: jax.Array          # (2P,) reference sequence log-probs, same order
   valid: jax.Array             # (P,) 0 for padding pairs
   nll_weight: jax.Array | None = None   # (P,) weight of the RPO NLL term per pair (default 1)
+  nll_from: jax.Array | None = None     # (P,) first chosen token of the NLL term (default 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,12 +70,18 @@ class DPOObjective:
 
   def __call__(self, model, batch: DPOBatch) -> LossTerms:
     logp, _ = response_logprobs(model, batch.sequences, remat=self.remat)
-    seq = sequence_logprob(logp, batch.sequences.loss_mask)
+    mask = batch.sequences.loss_mask
+    seq = sequence_logprob(logp, mask)
     p = seq.shape[0] // 2
-    tokens = batch.sequences.loss_mask[:p].astype(jnp.float32).sum(-1)
+    nll_mask = mask[:p].astype(jnp.float32)
+    if batch.nll_from is not None:
+      nll_mask = nll_mask * (jnp.arange(mask.shape[1])[None] >= batch.nll_from[:, None])
     return dpo_loss(seq[:p], seq[p:], batch.ref_logp[:p], batch.ref_logp[p:], batch.valid,
                     beta=self.beta, label_smoothing=self.label_smoothing,
-                    chosen_tokens=tokens, nll_coef=self.nll_coef, nll_weight=batch.nll_weight)
+                    chosen_tokens=nll_mask.sum(-1), nll_coef=self.nll_coef,
+                    nll_weight=batch.nll_weight,
+                    nll_logp=None if batch.nll_from is None else
+                    sequence_logprob(logp[:p], nll_mask))
 
 
 @dataclasses.dataclass(frozen=True)

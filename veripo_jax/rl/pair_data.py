@@ -68,6 +68,7 @@ class PairProcessor(grain.transforms.Map):
       example["pair_index"] = [i for i, _ in group]
       example["chosen"] = [np.asarray(p.chosen_tokens, np.int32) for _, p in group]
       example["rejected"] = [np.asarray(p.rejected_tokens, np.int32) for _, p in group]
+      example["nll_from"] = [p.chosen_nll_from for _, p in group]
     return example
 
 
@@ -75,7 +76,8 @@ class PairProcessor(grain.transforms.Map):
 class PairCollator:
   """K pair groups -> prompt batch (K rows) + responses (2 P K rows for P = `per_row` pair
   slots a row: chosen of slot 0 for the K rows, ... of slot P-1, then rejected likewise) and
-  `pair_index` (P K, slot-major; -1 where a slot or a filler row holds no pair).
+  `pair_index` and `nll_from` (P K, slot-major; pair index -1 where a slot or a filler row
+  holds no pair).
 
   Responses are padded to the smallest response bucket that holds the batch's longest one, as
   prompts and patches are, so batch shapes take a few values rather than one per batch.
@@ -97,8 +99,9 @@ class PairCollator:
       tokens[i, :len(r)] = r
     batch["responses"] = tokens
     batch["response_lengths"] = np.array([len(r) for r in responses], np.int64)
-    batch["pair_index"] = np.array([slot("pair_index", j, r, -1) for j in range(self.per_row)
-                                    for r in range(k)], np.int64)
+    for field, none in (("pair_index", -1), ("nll_from", 0)):
+      batch[field] = np.array([slot(field, j, r, none) for j in range(self.per_row)
+                               for r in range(k)], np.int64)
     return batch
 
 

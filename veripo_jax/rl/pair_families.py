@@ -83,13 +83,16 @@ register_pair_family("accuracy", lambda best, members, cfg: _ranked(
 
 def _reflection(best: Member, rejected: Member, cfg, encode: Encode, eos_id: int) -> Pair | None:
   """Chosen: the wrong reasoning, the reflection phrase, then the good reasoning and answer; off
-  when the joined reasoning is over `max_reasoning_tokens`."""
+  when the joined reasoning is over `max_reasoning_tokens`. The NLL term (`chosen_nll_from`)
+  starts after the phrase."""
   joined = f"{rejected.think} {cfg.reflection_phrase} {best.think}"
   if len(encode(joined)) > cfg.max_reasoning_tokens:
     return None
   text = reflection_text(rejected.think, cfg.reflection_phrase, best.think, best.answer)
+  correction = len(encode(f"<think>{rejected.think} {cfg.reflection_phrase}"))
   return dataclasses.replace(stored_pair(best, rejected, "reflection"),
-                             chosen_tokens=(*encode(text), eos_id), chosen_text=text)
+                             chosen_tokens=(*encode(text), eos_id), chosen_text=text,
+                             chosen_nll_from=correction)
 
 
 register_pair_family(

@@ -27,11 +27,15 @@ class Pair:
   rejected_text: str = ""
   dataset_dir: str = ""
   split: str = ""
+  # First chosen token the RPO NLL term covers: a reflection pair's correction, after the
+  # wrong reasoning and the phrase (imitating the wrong reasoning would teach it).
+  chosen_nll_from: int = 0
 
   def to_json(self) -> dict:
     return {"prompt_id": self.prompt_id, "dataset_dir": self.dataset_dir, "split": self.split,
             "source_index": self.source_index, "family": self.family,
-            "chosen": {"tokens": list(self.chosen_tokens), "text": self.chosen_text},
+            "chosen": {"tokens": list(self.chosen_tokens), "text": self.chosen_text,
+                       "nll_from": self.chosen_nll_from},
             "rejected": {"tokens": list(self.rejected_tokens), "text": self.rejected_text}}
 
   @classmethod
@@ -41,7 +45,8 @@ class Pair:
                rejected_tokens=tuple(d["rejected"]["tokens"]),
                chosen_text=d["chosen"].get("text", ""),
                rejected_text=d["rejected"].get("text", ""),
-               dataset_dir=str(d.get("dataset_dir", "")), split=str(d.get("split", "")))
+               dataset_dir=str(d.get("dataset_dir", "")), split=str(d.get("split", "")),
+               chosen_nll_from=int(d["chosen"].get("nll_from", 0)))
 
 
 def write_pairs(path: str, pairs: Sequence[Pair]) -> None:
