@@ -24,7 +24,7 @@ from veripo_jax.models.qwen2_5_vl import Qwen25VL, fit_to_tokenizer, get_preset
 from veripo_jax.models.qwen2_5_vl.model import prepare_inputs
 from veripo_jax.parallel.sharding import make_mesh
 from veripo_jax.rl.dpo import (DPOConfig, DPOStage, ReferenceLogprobs, dpo_micro_batches,
-                               nll_weights, step_batches)
+                               nll_weights, packed_width, step_batches)
 from veripo_jax.rl.objectives import DPOBatch, DPOObjective, SequenceLogprobs
 from veripo_jax.rl.pair_data import pair_groups, pair_loader
 from veripo_jax.rl.pairs import Pair
@@ -148,18 +148,22 @@ def test_rows_with_two_pair_slots_hold_each_pairs_responses(world, tmp_path):
 
 
 def test_two_pairs_a_row_give_each_pair_the_log_probs_and_loss_of_its_own_row(world, tmp_path):
-  """The same 6 pairs on 3 prompts, one pair a row vs both pairs of a prompt in one row: the
-  same chosen and rejected log-probs per pair, and the same DPO loss."""
+  """The same 6 pairs on 3 prompts, one pair a row vs both pairs of a prompt in one row, in
+  blocks or packed end to end: the same chosen and rejected log-probs per pair, and the same
+  DPO loss."""
   ctx = make_ctx(world, tmp_path)
   pairs = on_prompts(make_pairs(6, [20 + 9 * i for i in range(6)]), [0, 0, 1, 1, 2, 2])
   learner = Learner(Qwen25VL(ctx.model_config, rngs=nnx.Rngs(0)), OPT, ctx.mesh, frozen=FROZEN)
-  per_pair, losses = [], []
-  for per_row in (1, 2):
+  per_pair, losses, widths = [], [], []
+  for per_row, pack in ((1, False), (2, False), (2, True)):
     data = dataclasses.replace(DATA, batch_size=6 // per_row)          # every pair, one step
-    cfg = DPOConfig(micro_batch=6, pairs_per_row=per_row, data=data)
+    cfg = DPOConfig(micro_batch=6, pairs_per_row=per_row, pack_responses=pack, data=data)
+    width = packed_width(cfg, pairs)
     batch = next(loader_of(ctx, pairs, data, per_row))
-    [micro] = step_batches(ctx, learner, cfg, batch, ReferenceLogprobs(6, learner.snapshot()))
+    [micro] = step_batches(ctx, learner, cfg, batch, ReferenceLogprobs(6, learner.snapshot()),
+                           width=width)
     assert micro.sequences.branches == 2 * per_row
+    widths.append(micro.sequences.inputs.input_ids.shape[1] - micro.sequences.prompt_width)
     index = np.concatenate([m["pair_index"] for m in dpo_micro_batches(
         sequence_builder(ctx, learner, batch, data, branches=2 * per_row), batch, 6)])
     seq = np.asarray(learner.evaluate(SequenceLogprobs(), micro.sequences)).sum(-1)
@@ -170,8 +174,13 @@ def test_two_pairs_a_row_give_each_pair_the_log_probs_and_loss_of_its_own_row(wo
     per_pair.append(values)
     shifted = dataclasses.replace(micro, ref_logp=micro.ref_logp - 0.5)   # a non-zero margin
     losses.append(float(learner.evaluate(DPOObjective(nll_coef=1.0), shifted).loss_sum))
-  np.testing.assert_allclose(per_pair[0], per_pair[1], rtol=1e-5, atol=1e-4)
-  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+  # Pairs of 20..65 + 17..64 tokens: 4 blocks of the 128 bucket, or the longest row's tokens.
+  longest = max(sum(len(pairs[i].chosen_tokens) + len(pairs[i].rejected_tokens) for i in g)
+                for g in ((0, 1), (2, 3), (4, 5)))
+  assert widths == [2 * 128, 4 * 128, -(-longest // 16) * 16]
+  for values, loss in zip(per_pair[1:], losses[1:]):
+    np.testing.assert_allclose(values, per_pair[0], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(loss, losses[0], rtol=1e-5)
   with pytest.raises(ValueError, match="pairs_per_row"):
     DPOConfig(micro_batch=3, pairs_per_row=2)
 

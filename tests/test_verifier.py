@@ -226,6 +226,23 @@ def test_reflection_pair_text_and_tokens():
   assert result.pairs[1].chosen_nll_from == 0
 
 
+def test_conclusion_required_overrules_the_judges_yes_on_reasoning_without_a_conclusion():
+  group = ("q", 60, "B", "multiple choice", [
+      (R("The cube starts at the front and rolls to the back. So the answer is B.", "B"), "Yes",
+       False),
+      (R("The cube starts at the front, option B. So the cubes as they roll.", "B"), "Yes",
+       False),                                           # no conclusion the rule reads
+      (R("The cube rolls. So the answer is B.", "B"), "Yes", False)])
+  for required, good, pairs in ((False, [True, True, True], []),
+                                (True, [True, False, True], [("consistency", 0, 1)])):
+    result, _ = run(VerifierConfig(conclusion_required=required), [group])
+    assert [c.good for c in result.checks] == good
+    assert [c.consistent for c in result.checks] == [True, not required, True]
+    texts = [text for text, _, _ in group[4]]
+    assert [(p.family, texts.index(p.chosen_text), texts.index(p.rejected_text))
+            for p in result.pairs] == pairs
+
+
 def test_length_limit():
   long, short = (len(GROUPS[0][4][i][0].split("</think>")[0]) - len("<think>") for i in (0, 1))
   # The longest good is over the limit: the longest under it is chosen.

@@ -51,6 +51,9 @@ class DPOConfig:
   # Pairs on one prompt that share its row (with share_prompt): 2 puts the verifier's two
   # pairs of a prompt (`max_pairs_per_prompt`) in one row, the prompt once for 4 responses.
   pairs_per_row: int = 1
+  # With share_prompt: a row's responses sit end to end, padded once to the stage's longest row
+  # (`packed_width`), not each to the longest response; one width, so no recompilation.
+  pack_responses: bool = False
   # Pair families whose chosen response gets the RPO NLL term (`objective.nll_coef`); () =
   # every family. A reflection pair's chosen response opens with the rejected (wrong)
   # reasoning: imitating it token by token teaches that reasoning too.
@@ -107,16 +110,27 @@ def nll_weights(cfg: DPOConfig, pairs: Sequence[Pair]) -> np.ndarray | None:
   return np.array([p.family in cfg.nll_families for p in pairs], np.float32)
 
 
+def packed_width(cfg: DPOConfig, pairs: Sequence[Pair], quantum: int = 16) -> int | None:
+  """The response columns of a packed row (`pack_responses`): the most tokens any row's pairs
+  (`pair_groups`) hold, rounded up to `quantum`; None when rows are not packed."""
+  if not (cfg.pack_responses and cfg.share_prompt):
+    return None
+  most = max((sum(len(pairs[i].chosen_tokens) + len(pairs[i].rejected_tokens) for i in group)
+              for group in pair_groups(pairs, cfg.pairs_per_row)), default=1)
+  return -(-most // quantum) * quantum
+
+
 def step_batches(ctx: RunContext, learner: Learner, cfg: DPOConfig, batch: dict,
-                 reference: "ReferenceLogprobs", nll_weight: np.ndarray | None = None
-                 ) -> list[DPOBatch]:
+                 reference: "ReferenceLogprobs", nll_weight: np.ndarray | None = None,
+                 width: int | None = None) -> list[DPOBatch]:
   """One DPO step's micro-batches, the algorithm without the bookkeeping: each pair's chosen and
   rejected response (sharing one row with `share_prompt`), their reference log-probs, where
   each chosen response's NLL term starts (`Pair.chosen_nll_from`), and with `nll_weight` (per
-  pair index, `nll_weights`) each pair's weight of the NLL term."""
+  pair index, `nll_weights`) each pair's weight of the NLL term. `width`: the packed rows'
+  response columns (`packed_width`)."""
   slots = len(batch["pair_index"]) // len(batch["input_ids"])
   builder = sequence_builder(ctx, learner, batch, cfg.data,
-                             branches=2 * slots if cfg.share_prompt else 1)
+                             branches=2 * slots if cfg.share_prompt else 1, packed_width=width)
   return [DPOBatch(sequences=m["sequences"], ref_logp=reference(learner, m), valid=m["valid"],
                    nll_from=m["nll_from"], nll_weight=None if nll_weight is None else
                    np.where(m["pair_index"] >= 0, nll_weight[np.maximum(m["pair_index"], 0)],
@@ -216,6 +230,7 @@ class DPOStage(Stage):
                       rules=ctx.rules, frozen=cfg.frozen)
     reference = ReferenceLogprobs(len(self.pairs), learner.snapshot())
     nll_weight = nll_weights(cfg, self.pairs)
+    width = packed_width(cfg, self.pairs)
     v = ctx.model_config.vision
     loader = _TimedLoader(pair_loader(
         self.pairs, ctx.data_dir(cfg.data), cfg.data.split, ctx.loader_config(cfg.data),
@@ -231,7 +246,7 @@ class DPOStage(Stage):
     def step_fn(batch):
       ref_before = reference.seconds
       metrics = learner.step(cfg.objective, step_batches(ctx, learner, cfg, batch, reference,
-                                                         nll_weight))
+                                                         nll_weight, width))
       seconds = time.perf_counter() - loader.started
       sequences = 2 * pairs_in(batch)
       timings.append((seconds, sequences))

@@ -11,6 +11,9 @@ With `branches` b > 1 (prompt sharing), the b responses to one prompt share one 
 once, then b response blocks that each see the prompt and themselves only (`ModelInputs.branch`)
 and all take the positions a lone response would. A DPO pair (b = 2) then costs the prompt once
 instead of twice; targets and log-probs keep the one-response-per-row layout, branch-major.
+With a `packed_width`, a row's branches sit end to end after the prompt, each as long as its
+response, padded once at the end of the row instead of each to the longest response (`columns`
+then says where each response's predicting states are).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class SequenceBatch:
   # Responses per row (prompt sharing): N = branches x rows, branch-major; inputs hold the
   # prompt then `branches` response blocks of width R.
   branches: int = struct.field(pytree_node=False, default=1)
+  # Packed branches: (rows, branches * R) column of the hidden state that predicts each target.
+  columns: jax.Array | None = None
 
 
 def select_prompts(batch: Mapping[str, Any], rows: Sequence[int]) -> dict:
@@ -91,15 +96,16 @@ def prompt_inputs(config: Qwen25VLConfig, prompts: Mapping[str, Any], *,
 def build_sequences(config: Qwen25VLConfig, prompts: Mapping[str, Any], owner: Sequence[int],
                     responses: np.ndarray, lengths: Sequence[int], *, rope_mode: str = "legacy",
                     pad_token_id: int | None = None, inputs: ModelInputs | None = None,
-                    vision_features: jax.Array | None = None, branches: int = 1
-                    ) -> SequenceBatch:
+                    vision_features: jax.Array | None = None, branches: int = 1,
+                    packed_width: int | None = None) -> SequenceBatch:
   """Host-side: prompt batch (K rows) + N responses of prompt rows `owner` -> SequenceBatch.
 
   `responses (N, R)` are token ids, `lengths (N,)` the real tokens of each (the rest is padding).
   Rows with length 0 carry no loss. `inputs` are the prompt batch's `prompt_inputs` when
   already computed; with `vision_features` (the tower's output for this prompt batch) the
   sequences carry those instead of the vision inputs. With `branches` b > 1, the N responses
-  are b branch-major blocks over the same N / b prompt rows and share one row per prompt.
+  are b branch-major blocks over the same N / b prompt rows and share one row per prompt;
+  with `packed_width` they are packed end to end into that many columns after the prompt.
   """
   owner = np.asarray(owner, np.int64)
   responses = np.asarray(responses, np.int32)
@@ -119,25 +125,60 @@ def build_sequences(config: Qwen25VLConfig, prompts: Mapping[str, Any], owner: S
     raise ValueError(f"{branches} branches need branch-major responses over the same prompt "
                      f"rows; got owner {owner.tolist()}")
   rows = owner[:n // branches]
-  # Row-major views: (rows, branches * R), each row's branches side by side.
-  side = lambda a: a.reshape(branches, len(rows), r).transpose(1, 0, 2).reshape(len(rows), -1)
   next_pos = np.asarray(prompts["next_position"], np.int64)[rows]
-  response_pos = np.tile(next_pos[:, None] + np.arange(r), (1, branches))
+  if packed_width is None:
+    # Row-major views: (rows, branches * R), each row's branches side by side.
+    side = lambda a: a.reshape(branches, len(rows), r).transpose(1, 0, 2).reshape(len(rows), -1)
+    ids, mask = side(targets), side(real)
+    response_pos = np.tile(next_pos[:, None] + np.arange(r), (1, branches))
+    branch = np.broadcast_to(np.repeat(np.arange(1, branches + 1, dtype=np.int32), r),
+                             ids.shape)
+    columns = None
+  else:
+    ids, mask, response_pos, branch, columns = _packed(
+        targets, real, lengths, next_pos, branches, width, packed_width)
   response_pos = np.broadcast_to(response_pos[None], (3,) + response_pos.shape)
   inputs = ModelInputs(
-      input_ids=np.concatenate([prompt.input_ids[rows], side(targets)], 1),
-      attention_mask=np.concatenate([prompt.attention_mask[rows], side(real)], 1),
+      input_ids=np.concatenate([prompt.input_ids[rows], ids], 1),
+      attention_mask=np.concatenate([prompt.attention_mask[rows], mask], 1),
       position_ids=np.concatenate([prompt.position_ids[:, rows], response_pos], 2)
       .astype(np.int32),
       feature_index=np.concatenate([prompt.feature_index[rows],
-                                    np.full((len(rows), branches * r), -1, np.int32)], 1),
+                                    np.full(ids.shape, -1, np.int32)], 1),
       vision=prompt.vision if vision_features is None else None,
       vision_features=vision_features,
-      branch=None if branches == 1 else np.broadcast_to(np.concatenate(
-          [np.zeros(width, np.int32), np.repeat(np.arange(1, branches + 1, dtype=np.int32), r)]),
-          (len(rows), width + branches * r)))
+      branch=None if branches == 1 and columns is None else np.concatenate(
+          [np.zeros((len(rows), width), np.int32), branch], 1))
   return SequenceBatch(inputs=inputs, targets=targets, loss_mask=real.astype(np.float32),
-                       prompt_width=width, branches=branches)
+                       prompt_width=width, branches=branches, columns=columns)
+
+
+def _packed(targets: np.ndarray, real: np.ndarray, lengths: np.ndarray, next_pos: np.ndarray,
+            branches: int, prompt_width: int, packed_width: int) -> tuple[np.ndarray, ...]:
+  """Response columns of rows whose `branches` responses sit end to end: token ids, mask,
+  positions and branch ids (rows, packed_width), and the (rows, branches * R) hidden-state
+  column predicting each target (a response's first token: the prompt's last column)."""
+  k, r = len(next_pos), targets.shape[1]
+  length = np.minimum(lengths, r).reshape(branches, k).T                   # (rows, b)
+  if length.sum(1).max(initial=0) > packed_width:
+    raise ValueError(f"responses of {int(length.sum(1).max())} tokens in one row do not fit "
+                     f"packed_width {packed_width}")
+  start = np.cumsum(length, 1) - length                                    # (rows, b)
+  t = np.arange(r)
+  col = np.minimum(start[:, :, None] + t, packed_width - 1)                # (rows, b, R)
+  live = real.reshape(branches, k, r).transpose(1, 0, 2)
+  row, b, pos = np.nonzero(live)
+  at = (row, col[row, b, pos])
+  ids = np.zeros((k, packed_width), np.int32)
+  ids[at] = targets.reshape(branches, k, r)[b, row, pos]
+  mask = np.zeros((k, packed_width), bool)
+  mask[at] = True
+  positions = np.broadcast_to(next_pos[:, None], (k, packed_width)).copy()
+  positions[at] = next_pos[row] + pos
+  branch = np.zeros((k, packed_width), np.int32)
+  branch[at] = b + 1
+  columns = np.where(live & (t > 0), prompt_width + col - 1, prompt_width - 1)
+  return ids, mask, positions, branch, columns.reshape(k, -1).astype(np.int32)
 
 
 def response_logprobs(model: Qwen25VL, batch: SequenceBatch, *, remat: bool = False
@@ -150,7 +191,10 @@ def response_logprobs(model: Qwen25VL, batch: SequenceBatch, *, remat: bool = Fa
   """
   h = model.hidden_states(batch.inputs, remat=remat)
   r, b = batch.targets.shape[1], batch.branches
-  if b == 1:
+  if batch.columns is not None:
+    window = jnp.take_along_axis(h, batch.columns[:, :, None], axis=1)   # (rows, b * R, D)
+    window = window.reshape(h.shape[0], b, r, -1).swapaxes(0, 1).reshape(b * h.shape[0], r, -1)
+  elif b == 1:
     window = jax.lax.dynamic_slice_in_dim(h, batch.prompt_width - 1, r, axis=1)
   else:
     start = batch.prompt_width + r * np.arange(b)[:, None] + np.arange(r)[None] - 1
@@ -238,13 +282,16 @@ class SequenceBuilder:
   so update shapes no longer depend on which prompts a micro-batch holds. Otherwise each
   micro-batch carries its own prompts' vision inputs. With `patch_buckets`, vision inputs are
   padded to those buckets (`coarsen_vision`), so a stage compiles a few programs, not one for
-  every mix of media.
+  every mix of media. With `packed_width`, each row's branches are packed end to end into
+  that many columns (`build_sequences`).
   """
 
   def __init__(self, config: Qwen25VLConfig, prompts: Mapping[str, Any], *,
                response_buckets: Sequence[int], rope_mode: str = "legacy", learner=None,
-               patch_buckets: Sequence[int] | None = None, branches: int = 1):
+               patch_buckets: Sequence[int] | None = None, branches: int = 1,
+               packed_width: int | None = None):
     self.config, self.prompts, self.branches = config, prompts, branches
+    self.packed_width = packed_width
     self.response_buckets = tuple(response_buckets)
     self.patch_buckets = None if patch_buckets is None else tuple(patch_buckets)
     self.rope_mode = rope_mode
@@ -284,7 +331,9 @@ class SequenceBuilder:
     if self.inputs is not None:
       return build_sequences(self.config, self.prompts, rows[owner], padded, lengths,
                              rope_mode=self.rope_mode, inputs=self.inputs,
-                             vision_features=self.features, branches=self.branches)
+                             vision_features=self.features, branches=self.branches,
+                             packed_width=self.packed_width)
     seq = build_sequences(self.config, select_prompts(self.prompts, rows), owner, padded,
-                          lengths, rope_mode=self.rope_mode, branches=self.branches)
+                          lengths, rope_mode=self.rope_mode, branches=self.branches,
+                          packed_width=self.packed_width)
     return seq.replace(inputs=self._coarse(seq.inputs))

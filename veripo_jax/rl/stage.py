@@ -127,14 +127,16 @@ class RunContext:
 
 
 def sequence_builder(ctx: RunContext, learner: Learner, prompts: dict,
-                     data: DataConfig, branches: int = 1) -> SequenceBuilder:
+                     data: DataConfig, branches: int = 1,
+                     packed_width: int | None = None) -> SequenceBuilder:
   """A batch's sequence builder: vision features shared across micro-batches when the tower is
   frozen, and responses and vision inputs padded to the data's buckets (few compiled shapes);
   `branches` responses per prompt share one row (`rl.sequences`)."""
   frozen_vision = not learner.trains(r"^visual\.")
   return SequenceBuilder(ctx.model_config, prompts, response_buckets=data.response_buckets,
                          rope_mode=ctx.rope_mode, learner=learner if frozen_vision else None,
-                         patch_buckets=data.patch_buckets, branches=branches)
+                         patch_buckets=data.patch_buckets, branches=branches,
+                         packed_width=packed_width)
 
 
 class Stage:

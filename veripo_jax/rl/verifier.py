@@ -18,8 +18,9 @@ Checks per rollout i, on r_i (think text) and a_i (answer text):
                 `</answer>` (a response that stopped without `</answer>` fails the format check).
   repetition    `repetition_ratio` on r_i's words (see there).
   consistency   the judge's Yes/No; anything else falls back to `rule_consistent`, and a
-                reasoning that states no answer is inconsistent (`undecided_is_inconsistent`).
-                Only rollouts with a non-empty think and answer are judged.
+                reasoning that states no answer is inconsistent (`undecided_is_inconsistent`;
+                with `conclusion_required`, whatever the judge says). Only rollouts with a
+                non-empty think and answer are judged.
 A rollout is good if well-formed, correct, consistent, not repetitive and not truncated.
 
 Pairs per prompt (chosen is always the preferred good rollout: the longest reasoning within
@@ -76,6 +77,10 @@ class VerifierConfig:
   # "conclude with exactly this final answer" (the judge's question): inconsistent. False leaves
   # such rollouts undecided (neither good nor a consistency rejection).
   undecided_is_inconsistent: bool = True
+  # A reasoning whose conclusion the rule cannot read (`answers.stated_answer`) is inconsistent
+  # whatever the judge replies: the judge then compares stated conclusions with the tag only.
+  # For a small judge that reads a value mentioned mid-reasoning as the conclusion.
+  conclusion_required: bool = False
   families: tuple[str, ...] = FAMILIES   # enabled families, in priority order
   seed: int = 0
 
@@ -282,7 +287,8 @@ def verify(records: Sequence[Mapping[str, Any]], judge: Judge, cfg: VerifierConf
     rule = rule_consistent(p.think, p.answer, record.get("options")) if is_judged else None
     fallback = is_judged and verdict == UNKNOWN
     consistent = rule if fallback else (None if verdict == UNKNOWN else verdict == CONSISTENT)
-    if fallback and rule is None and cfg.undecided_is_inconsistent:
+    if rule is None and is_judged and (cfg.conclusion_required or
+                                       (fallback and cfg.undecided_is_inconsistent)):
       consistent = False
     repetition = reasoning_repetition(reasoning, cfg)
     correct = accuracy >= cfg.correct_threshold
