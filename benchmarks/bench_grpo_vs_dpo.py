@@ -5,7 +5,9 @@ P prompts x G rollouts on the synthetic video-QA world, then DPO on pairs made f
 rollouts (best vs worst response of each group), run as `DPOStage` runs it: `--dpo_epochs`
 passes over the pairs, reference log-probs computed once per pair (its time amortized over the
 steps), vision inputs padded to the patch buckets, chosen and rejected sharing one row's
-prompt (`--dpo_separate_rows` copies the prompt into a row per response instead). Two units:
+prompt (`--dpo_separate_rows` copies the prompt into a row per response instead;
+`--dpo_pairs_per_row 2` makes two pairs a prompt and puts both in its row, `--dpo_pack` packs a
+row's responses end to end). Two units:
 
   per trained sequence: GRPO seconds per response (its share of generation, rewards and
     update) vs DPO seconds per trained sequence (chosen and rejected count one each);
@@ -18,7 +20,7 @@ reference pass lands on the first epoch's steps only, so a median would hide it)
 
   python benchmarks/bench_grpo_vs_dpo.py [--preset tiny --prompts 8 --samples 8
       --new_tokens 128 --grpo_batch 32 --dpo_batch 8 --dpo_epochs 4 --grpo_share_prompt
-      --dpo_pairs_per_row 2 --dpo_train_vision --dpo_separate_rows --repeats 3
+      --dpo_pairs_per_row 2 --dpo_pack --dpo_train_vision --dpo_separate_rows --repeats 3
       --workdir /tmp/bench_rl]
 """
 import argparse
@@ -37,7 +39,7 @@ from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.data.vision import VisionSettings
 from veripo_jax.models.qwen2_5_vl import Qwen25VL, fit_to_tokenizer, get_preset
 from veripo_jax.parallel.sharding import make_mesh, shard_model
-from veripo_jax.rl.dpo import DPOConfig, ReferenceLogprobs, step_batches
+from veripo_jax.rl.dpo import DPOConfig, ReferenceLogprobs, packed_width, step_batches
 from veripo_jax.rl.grpo import GRPOConfig, grpo_round
 from veripo_jax.rl.pair_data import pair_groups, pair_loader
 from veripo_jax.rl.pairs import Pair
@@ -89,6 +91,8 @@ def main():
   p.add_argument("--dpo_pairs_per_row", type=int, default=1,
                  help="pairs made per prompt (j-th best vs j-th worst), all in the prompt's row "
                       "(DPOConfig.pairs_per_row; configs/tiny.py: 2)")
+  p.add_argument("--dpo_pack", action="store_true",
+                 help="a row's responses end to end, padded once (DPOConfig.pack_responses)")
   p.add_argument("--dpo_train_vision", action="store_true",
                  help="DPO trains the vision tower too (default: frozen, as configs/tiny.py)")
   args = p.parse_args()
@@ -128,7 +132,8 @@ def main():
 
   per_row = args.dpo_pairs_per_row
   dpo = DPOConfig(micro_batch=args.dpo_batch * per_row, share_prompt=not args.dpo_separate_rows,
-                  pairs_per_row=per_row, data=dataclasses.replace(data, batch_size=args.dpo_batch))
+                  pairs_per_row=per_row, pack_responses=args.dpo_pack,
+                  data=dataclasses.replace(data, batch_size=args.dpo_batch))
   v = ctx.model_config.vision
   loaders = [pair_loader(pairs, ctx.dataset_dir, "train", ctx.loader_config(dpo.data),
                          merge_size=v.spatial_merge_size, patch_dim=v.patch_dim,
@@ -137,11 +142,13 @@ def main():
   dpo_learner = (Learner(learner.model(), OptimizerConfig(learning_rate=1e-5), ctx.mesh,
                          frozen=()) if args.dpo_train_vision else learner)
   snapshot = dpo_learner.snapshot()
+  width = packed_width(dpo, pairs)
 
   def dpo_step(pair_batches, reference: ReferenceLogprobs) -> float:
     start = time.perf_counter()
     batch = next(pair_batches)
-    dpo_learner.step(dpo.objective, step_batches(ctx, dpo_learner, dpo, batch, reference))
+    dpo_learner.step(dpo.objective, step_batches(ctx, dpo_learner, dpo, batch, reference,
+                                                 width=width))
     return time.perf_counter() - start
 
   # Compiles the first batch's programs; the timed steps then start at the stage's first batch
