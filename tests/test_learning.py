@@ -7,8 +7,8 @@ Asserted, with margins below what every measured run showed: the warm start stat
 conclusions; GRPO raises held-out accuracy by at least two standard errors of the difference
 (measured +0.114, +0.117, +0.114 on seeds 0, 1, 2 of the main run, 4.3-4.6 SE; 2-core AMD EPYC
 VM, 2026-12-02); DPO lowers the rule's inconsistency rate by at least two standard errors (this
-test on CI's machine: 0.577 -> 0.406, 6.8 SE) and keeps accuracy within two (it lost
-0.014-0.027). The rules judge here treats a reasoning without a readable conclusion as
+test on CI's machine, with one pair a row: 0.577 -> 0.406) and keeps accuracy within two (it
+lost 0.014-0.027 in the main runs). The rules judge here treats a reasoning without a readable conclusion as
 inconsistent, as the main run's verifier does with `conclusion_required`.
 
 Not asserted: the paper's thresholds themselves, nor the length directions: XLA's CPU kernels
