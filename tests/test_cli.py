@@ -15,12 +15,14 @@ def _main(*args, cwd):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_help_exits_zero(tmp_path):
   proc = _main("--help", cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "--workdir" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag, expected", [
     ("--config.stages.grpo.roundz=2",
      "config error: --config.stages.grpo.roundz: no field 'roundz' (Did you mean \"rounds\""),

@@ -214,6 +214,7 @@ _SERVER_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verbosity", [0, 1])
 def test_jetstream_info_reaches_stderr_only_with_verbosity_1(verbosity):
   """The real orchestrator, imported after the setup as the verifier stage does, serving one

@@ -129,6 +129,7 @@ def _run(module, *args):
   return result.stdout
 
 
+@pytest.mark.slow
 def test_cli_builds_world_and_question_files(tmp_path):
   out = _run("veripo_jax.data.synthetic", f"--out={tmp_path / 'w'}", "--seed=2", "--train=6",
              "--heldout=2")

@@ -66,8 +66,10 @@ def loop_config(world):
   s.verifier.min_heldout_agreement = 1.01
   s.verifier.verifier.judge_max_tokens = 4
   s.verifier.verifier.max_reasoning_tokens = 96
-  s.dpo.data.batch_size, s.dpo.micro_batch, s.dpo.save_every_steps = 2, 2, 100
-  s.dpo.epochs = 2.0        # more than one step, so a stop can land inside the stage
+  # One prompt row (up to two pairs) a step, two epochs: more than one step even when the
+  # verifier finds pairs on one prompt only, so a stop can land inside the stage.
+  s.dpo.data.batch_size, s.dpo.micro_batch, s.dpo.save_every_steps = 1, 2, 100
+  s.dpo.epochs = 2.0
   s.eval.data.batch_size, s.eval.rollout.num_samples = 4, 2
   return c
 

@@ -174,6 +174,7 @@ def test_engine_thread_failure_does_not_kill_the_process(model):
     srv.stop()
 
 
+@pytest.mark.slow
 def test_cli_serves_and_exits_on_sigterm(checkpoint):
   port = portpicker.pick_unused_port()
   proc = subprocess.Popen(

@@ -118,6 +118,7 @@ def test_unknown_stage_field_is_an_error(world, tmp_path):
     runner.run(cfg, str(tmp_path / "bad"))
 
 
+@pytest.mark.slow
 def test_dpo_stage_on_pairs_from_stored_rollouts(world, straight, tmp_path):
   """Best-vs-worst pairs from the GRPO rollouts train a DPO stage that starts from GRPO's
   exported policy; its first step's chosen/rejected rewards start at 0 (policy = reference).
