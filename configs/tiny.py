@@ -114,16 +114,17 @@ def get_config():
       # answered 92 prompts/s against 67 with 16 (a tiny judge's decode step costs the same).
       judge=dict(from_stage="judge", checkpoint="", address="", max_concurrent_decodes=64,
                  max_prefill_length=512, max_decode_length=32, max_workers=64),
-      # Reflection pairs before accuracy pairs: their chosen response (the wrong reasoning, a
-      # reflection, the right one) is what lengthens reasoning after DPO. After accuracy, they
-      # never got a turn (1 pair of 675) and DPO left the length as it was (48.4 -> 48.3
-      # tokens; with them first 48.4 -> 49.8, seed 0).
+      # Reflection pairs second: their chosen response (the wrong reasoning, a reflection, the
+      # right one) is what lengthens reasoning after DPO. After accuracy, they never got a turn
+      # (1 pair of 675) and DPO left the length as it was (48.4 -> 48.3 tokens; with them first
+      # 48.4 -> 49.8, seed 0); after penalty, seed 2's DPO shortened answers (43.1 -> 42.6),
+      # before it 43.1 -> 43.2 (2026-12-02).
       # `conclusion_required`: the tiny judge called 85% of the policy's answers that conclude
       # nothing ("So the shapes as they appear.") consistent; as chosen responses they spread
       # under DPO (seed 0: conclusion rate 0.81 -> 0.38, rule inconsistency 0.555 -> 0.781).
       # Required, the same pairs' DPO cut it to 0.419 and kept conclusions at 0.94.
       verifier=dict(judge_max_tokens=28, max_reasoning_tokens=128, max_pairs_per_prompt=2,
-                    families=("consistency", "penalty", "reflection", "accuracy"),
+                    families=("consistency", "reflection", "penalty", "accuracy"),
                     conclusion_required=True),
       heldout_split="judge_heldout", min_heldout_agreement=0.9, discard_fraction=0.8,
       discard_seed=0))
