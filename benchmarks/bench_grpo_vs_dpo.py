@@ -122,9 +122,9 @@ def main():
     if r:
       grpo_rounds.append((time.perf_counter() - start, generate_s, update_s))
     totals = rollouts.rewards["total"].reshape(-1, g)
+    ranked = np.argsort(-totals, axis=1, kind="stable")         # each group, best first
     for row, j in itertools.product(range(args.prompts), range(args.dpo_pairs_per_row)):
-      ranked = np.argsort(-totals[row], kind="stable")
-      best, worst = row * g + int(ranked[j]), row * g + int(ranked[g - 1 - j])
+      best, worst = row * g + int(ranked[row, j]), row * g + int(ranked[row, g - 1 - j])
       pairs.append(Pair(prompt_id=rollouts.prompt_ids[best],
                         source_index=int(prompts["source_index"][row]), family="benchmark",
                         chosen_tokens=tuple(rollouts.tokens[best, :rollouts.lengths[best]]),

@@ -86,6 +86,7 @@ def dpo_micro_batches(builder: SequenceBuilder, batch: dict, micro_batch: int) -
   """
   k = len(batch["input_ids"])
   index = np.asarray(batch["pair_index"], np.int64).reshape(-1, k)         # (P, K)
+  nll_from = np.asarray(batch["nll_from"], np.int32).reshape(-1, k)        # (P, K)
   slots = len(index)
   rows_per_micro = max(1, micro_batch // slots)
   mask = np.asarray(batch["example_mask"]).astype(bool)
@@ -97,9 +98,8 @@ def dpo_micro_batches(builder: SequenceBuilder, batch: dict, micro_batch: int) -
                   batch["response_lengths"][blocks])
     pair_index = index[:, rows].reshape(-1)
     valid = (pair_index >= 0) & np.tile(mask[rows], slots)
-    nll_from = np.asarray(batch["nll_from"], np.int32).reshape(-1, k)[:, rows].reshape(-1)
     out.append({"sequences": seq, "valid": valid.astype(np.float32), "pair_index": pair_index,
-                "nll_from": nll_from})
+                "nll_from": nll_from[:, rows].reshape(-1)})
   return out
 
 
