@@ -28,8 +28,8 @@ from veripo_jax.rl.dpo import (DPOConfig, DPOStage, ReferenceLogprobs, dpo_micro
 from veripo_jax.rl.objectives import DPOBatch, DPOObjective, SequenceLogprobs
 from veripo_jax.rl.pair_data import pair_groups, pair_loader
 from veripo_jax.rl.pairs import Pair
-from veripo_jax.rl.sequences import (SequenceBuilder, coarsen_vision, encode_vision,
-                                     prompt_inputs)
+from veripo_jax.models.qwen2_5_vl.vision_index import coarsen_vision
+from veripo_jax.rl.sequences import SequenceBuilder, encode_vision, prompt_inputs
 from veripo_jax.rl.stage import DataConfig, RunContext, sequence_builder
 from veripo_jax.train.learner import Learner
 from veripo_jax.train.metrics import MetricsWriter, read_metrics

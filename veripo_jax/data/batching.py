@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from veripo_jax.buckets import bucket
 from veripo_jax.data.tokenization import SpecialIds
 from veripo_jax.models.qwen2_5_vl.rope_index import get_rope_index
 
@@ -41,16 +42,6 @@ class BatchSpec:
         raise ValueError(f"BatchSpec.{name} must be increasing positive sizes, got {buckets}")
     if self.batch_size <= 0:
       raise ValueError(f"BatchSpec.batch_size must be positive, got {self.batch_size}")
-
-
-def bucket(n: int, buckets: Sequence[int]) -> int:
-  """Smallest bucket >= n (0 stays 0); past the last one, the next multiple of it."""
-  if n == 0:
-    return 0
-  for b in buckets:
-    if n <= b:
-      return b
-  return -(-n // buckets[-1]) * buckets[-1]
 
 
 def _patches(examples: list[dict], kind: str, buckets: Sequence[int], row_dim: int):

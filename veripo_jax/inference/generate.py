@@ -16,11 +16,8 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from veripo_jax.inference.sampling import SamplingParams, next_token
-from veripo_jax.models.qwen2_5_vl.model import KVCache, ModelInputs, Qwen25VL, prepare_inputs
+from veripo_jax.models.family import CausalLM
 from veripo_jax.parallel.sharding import DEFAULT_RULES, activation_sharding
-
-_BATCH_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
-               "second_per_grid_ts", "position_ids")
 
 
 @struct.dataclass
@@ -31,16 +28,16 @@ class GenerateOutput:
   lengths: jax.Array    # (B*G,) int32 generated tokens, the EOS token included
 
 
-def generate(model: Qwen25VL, batch: Mapping[str, Any], max_new_tokens: int, *,
+def generate(model: CausalLM, batch: Mapping[str, Any], max_new_tokens: int, *,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
              rng: jax.Array | None = None, num_samples: int = 1,
              eos_token_ids: Sequence[int] | None = None, pad_token_id: int | None = None,
              mesh: Mesh | None = None, rules=DEFAULT_RULES,
-             prepared: tuple[ModelInputs, Any] | None = None) -> GenerateOutput:
+             prepared: tuple[Any, Any] | None = None) -> GenerateOutput:
   """Generates up to `max_new_tokens` for each left-padded prompt in `batch`.
 
-  `batch` holds transformers' processor fields: `input_ids`, `attention_mask` and optional
-  `pixel_values`/`image_grid_thw`, `pixel_values_videos`/`video_grid_thw`/`second_per_grid_ts`.
+  `batch` holds the processor fields the model's `prepare` reads (`input_ids`,
+  `attention_mask` and, for Qwen2.5-VL, optional image / video pixels and grids).
   `prepared` = (inputs, next positions) of `batch` already prepared by the caller (who also
   trains on them: a GRPO round prepares its prompts once); `batch` is then not read.
   Log-probs are of the model's own distribution (log_softmax of the logits, before temperature
@@ -50,9 +47,7 @@ def generate(model: Qwen25VL, batch: Mapping[str, Any], max_new_tokens: int, *,
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   params = SamplingParams(temperature, top_p, top_k)
   cfg = model.config
-  inputs, next_pos = prepared or prepare_inputs(
-      cfg, batch["input_ids"], batch.get("attention_mask"), rope_mode=model.rope_mode,
-      **{k: batch.get(k) for k in _BATCH_KEYS})
+  inputs, next_pos = prepared or model.prepare(batch)
   eos = tuple(eos_token_ids) if eos_token_ids is not None else (cfg.eos_token_id,)
   pad = cfg.pad_token_id if pad_token_id is None else pad_token_id
   rng = jax.random.key(0) if rng is None else rng
@@ -69,10 +64,10 @@ def generate(model: Qwen25VL, batch: Mapping[str, Any], max_new_tokens: int, *,
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_samples", "cache_length", "mesh",
                                               "rules"))
-def _prefill(graphdef, state, inputs: ModelInputs, *, num_samples, cache_length, mesh, rules):
+def _prefill(graphdef, state, inputs, *, num_samples, cache_length, mesh, rules):
   with activation_sharding(mesh, rules):
     model = nnx.merge(graphdef, state)
-    cache = KVCache.init(model.config.text, inputs.input_ids.shape[0], cache_length, model.dtype)
+    cache = model.init_cache(inputs.input_ids.shape[0], cache_length)
     logits, cache = model.prefill(inputs, cache)
   return jnp.repeat(logits.astype(jnp.float32), num_samples, axis=0), cache.repeat(num_samples)
 
@@ -80,8 +75,8 @@ def _prefill(graphdef, state, inputs: ModelInputs, *, num_samples, cache_length,
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "params", "eos",
                                               "pad", "mesh", "rules"),
                    donate_argnames=("cache",))
-def _decode(graphdef, state, logits, positions, cache: KVCache, rng, *, max_new_tokens,
-            params: SamplingParams, eos, pad, mesh, rules) -> tuple[GenerateOutput, KVCache]:
+def _decode(graphdef, state, logits, positions, cache, rng, *, max_new_tokens,
+            params: SamplingParams, eos, pad, mesh, rules) -> tuple[GenerateOutput, Any]:
   """Returns the final cache too, so the donated cache buffers are reused in place.
 
   The loop decodes `max_new_tokens - 1` steps: the last token is chosen from the logits the

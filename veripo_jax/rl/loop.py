@@ -24,8 +24,7 @@ from veripo_jax.config_utils import ConfigError, from_config
 from veripo_jax.console import format_duration
 from veripo_jax.data.sources import prepare_data
 from veripo_jax.data.tokenization import load_tokenizer
-from veripo_jax.models.qwen2_5_vl import (Qwen25VL, Qwen25VLConfig, fit_to_tokenizer,
-                                         from_hf_config, get_preset, load_hf_checkpoint)
+from veripo_jax.models import CausalLM, get_family
 from veripo_jax.parallel.sharding import make_mesh, merge_rules, shard_model
 from veripo_jax.rl.artifacts import pairs_file, stage_dir
 from veripo_jax.rl.pairs import read_pairs
@@ -39,20 +38,23 @@ from veripo_jax.train.metrics import MetricsWriter
 from veripo_jax.train.preemption import PreemptionGuard
 
 
-def policy_config(cfg, path: str, tokenizer, model=None, where: str = "config.model"
-                  ) -> Qwen25VLConfig:
+def model_family(cfg):
+  """The run's model family (`config.model.family`, default Qwen2.5-VL)."""
+  return get_family(cfg.model.get("family", "qwen2_5_vl"))
+
+
+def policy_config(cfg, path: str, tokenizer, model=None, where: str = "config.model"):
   """The policy's architecture: a checkpoint's config.json, else the preset fitted to the tokenizer,
   its `text` and `vision` fields replaced by those of `model` (default: `config.model`)."""
+  family = model_family(cfg)
   if path:
-    return from_hf_config(path)
+    return family.read_config(path)
   model = cfg.model if model is None else model
-  base = get_preset(model.get("preset", cfg.model.preset))
-  base = dataclasses.replace(
-      base, text=from_config(type(base.text), {**dataclasses.asdict(base.text),
-                                               **model.get("text", {})}, f"{where}.text"),
-      vision=from_config(type(base.vision), {**dataclasses.asdict(base.vision),
-                                             **model.get("vision", {})}, f"{where}.vision"))
-  return fit_to_tokenizer(base, tokenizer)
+  base = family.preset(model.get("preset", cfg.model.preset))
+  sections = {name: from_config(type(sub), {**dataclasses.asdict(sub), **model.get(name, {})},
+                                f"{where}.{name}")
+              for name in ("text", "vision") if (sub := getattr(base, name, None)) is not None}
+  return family.fit_to_tokenizer(dataclasses.replace(base, **sections), tokenizer)
 
 
 def stage_model_config(cfg, name: str, ctx: RunContext):
@@ -64,14 +66,15 @@ def stage_model_config(cfg, name: str, ctx: RunContext):
   return policy_config(cfg, "", ctx.tokenizer, model, f"config.stages.{name}.model")
 
 
-def load_policy(cfg, path: str, config: Qwen25VLConfig, mesh, rules) -> Qwen25VL:
+def load_policy(cfg, path: str, config, mesh, rules) -> CausalLM:
   """A Hugging Face checkpoint directory, or (no path) a freshly initialised model."""
   dtype, param_dtype = jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
+  family = model_family(cfg)
   if path:
-    return load_hf_checkpoint(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules,
-                              rope_mode=cfg.model.rope_mode)
-  model = Qwen25VL(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(cfg.seed),
-                   rope_mode=cfg.model.rope_mode)
+    return family.load(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules,
+                       rope_mode=cfg.model.rope_mode)
+  model = family.create(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(cfg.seed),
+                        rope_mode=cfg.model.rope_mode)
   return shard_model(model, mesh, rules)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from veripo_jax.config_utils import ConfigError, closest, from_config, reject_unknown
 from veripo_jax.data.sources import check_source
-from veripo_jax.models.qwen2_5_vl.config import PRESETS
+from veripo_jax.models import FAMILIES
 from veripo_jax.parallel.sharding import merge_rules
 from veripo_jax.rl.stage_kinds import STAGE_KINDS, training_kinds
 
@@ -58,10 +58,15 @@ def _check_run_sections(cfg) -> None:
     merge_rules(cfg.get("sharding_rules", ()))
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.sharding_rules: {e}") from e
+  family = cfg.model.get("family", "qwen2_5_vl")
+  if family not in FAMILIES:
+    raise ConfigError(f"config.model.family: unknown {family!r}{closest(family, FAMILIES)}; "
+                      f"known: {sorted(FAMILIES)}")
+  presets = FAMILIES[family].presets
   preset = cfg.model.get("preset", "")
-  if not cfg.model.get("checkpoint") and preset not in PRESETS:
-    raise ConfigError(f"config.model.preset: unknown {preset!r}{closest(preset, PRESETS)}; "
-                      f"known: {sorted(PRESETS)}")
+  if not cfg.model.get("checkpoint") and preset not in presets:
+    raise ConfigError(f"config.model.preset: unknown {preset!r}{closest(preset, presets)}; "
+                      f"known: {sorted(presets)}")
 
 
 def _build(cfg, name: str) -> PlannedStage:

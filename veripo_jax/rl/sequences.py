@@ -8,7 +8,7 @@ left-padded prompt; response positions continue from the prompt's `next_position
 M-RoPE axes, exactly as during generation.
 
 With `branches` b > 1 (prompt sharing), the b responses to one prompt share one row: the prompt
-once, then b response blocks that each see the prompt and themselves only (`ModelInputs.branch`)
+once, then b response blocks that each see the prompt and themselves only (the inputs' `branch`)
 and all take the positions a lone response would. A DPO pair (b = 2) then costs the prompt once
 instead of twice; targets and log-probs keep the one-response-per-row layout, branch-major.
 With a `packed_width`, a row's branches sit end to end after the prompt, each as long as its
@@ -25,10 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from veripo_jax.data.batching import bucket
-from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig
-from veripo_jax.models.qwen2_5_vl.model import ModelInputs, Qwen25VL, prepare_inputs
-from veripo_jax.models.qwen2_5_vl.vision_index import Segments, VisionInputs
+from veripo_jax.buckets import bucket
+from veripo_jax.models import CausalLM, family_of
 from veripo_jax.rl.losses import token_logprobs
 
 # Prompt-batch fields with one row per prompt (the loader's `Collator` output).
@@ -38,7 +36,7 @@ _ROW_FIELDS = ("input_ids", "attention_mask", "next_position", "example_mask", "
 
 @struct.dataclass
 class SequenceBatch:
-  inputs: ModelInputs          # (N, prompt_width + R)
+  inputs: Any                  # the model's inputs, (N, prompt_width + R)
   targets: jax.Array           # (N, R) response token ids
   loss_mask: jax.Array         # (N, R) 1 on real response tokens
   prompt_width: int = struct.field(pytree_node=False)
@@ -80,22 +78,14 @@ def select_prompts(batch: Mapping[str, Any], rows: Sequence[int]) -> dict:
   return out
 
 
-def prompt_inputs(config: Qwen25VLConfig, prompts: Mapping[str, Any], *,
-                  rope_mode: str = "legacy") -> ModelInputs:
+def prompt_inputs(config, prompts: Mapping[str, Any], *, rope_mode: str = "legacy"):
   """Host-side model inputs of a prompt batch (positions as the collator computed them)."""
-  inputs, _ = prepare_inputs(
-      config, prompts["input_ids"], prompts["attention_mask"],
-      pixel_values=prompts.get("pixel_values"), image_grid_thw=prompts.get("image_grid_thw"),
-      pixel_values_videos=prompts.get("pixel_values_videos"),
-      video_grid_thw=prompts.get("video_grid_thw"),
-      second_per_grid_ts=prompts.get("second_per_grid_ts"),
-      position_ids=prompts["position_ids"], rope_mode=rope_mode)
-  return inputs
+  return family_of(config).prepare(config, prompts, rope_mode=rope_mode)[0]
 
 
-def build_sequences(config: Qwen25VLConfig, prompts: Mapping[str, Any], owner: Sequence[int],
+def build_sequences(config, prompts: Mapping[str, Any], owner: Sequence[int],
                     responses: np.ndarray, lengths: Sequence[int], *, rope_mode: str = "legacy",
-                    pad_token_id: int | None = None, inputs: ModelInputs | None = None,
+                    pad_token_id: int | None = None, inputs: Any = None,
                     vision_features: jax.Array | None = None, branches: int = 1,
                     packed_width: int | None = None) -> SequenceBatch:
   """Host-side: prompt batch (K rows) + N responses of prompt rows `owner` -> SequenceBatch.
@@ -137,8 +127,10 @@ def build_sequences(config: Qwen25VLConfig, prompts: Mapping[str, Any], owner: S
   else:
     ids, mask, response_pos, branch, columns = _packed(
         targets, real, lengths, next_pos, branches, width, packed_width)
-  response_pos = np.broadcast_to(response_pos[None], (3,) + response_pos.shape)
-  inputs = ModelInputs(
+  # Every rope axis (M-RoPE's three) continues from the prompt's next position.
+  response_pos = np.broadcast_to(response_pos[None],
+                                 prompt.position_ids.shape[:1] + response_pos.shape)
+  inputs = prompt.replace(
       input_ids=np.concatenate([prompt.input_ids[rows], ids], 1),
       attention_mask=np.concatenate([prompt.attention_mask[rows], mask], 1),
       position_ids=np.concatenate([prompt.position_ids[:, rows], response_pos], 2)
@@ -181,7 +173,7 @@ def _packed(targets: np.ndarray, real: np.ndarray, lengths: np.ndarray, next_pos
   return ids, mask, positions, branch, columns.reshape(k, -1).astype(np.int32)
 
 
-def response_logprobs(model: Qwen25VL, batch: SequenceBatch, *, remat: bool = False
+def response_logprobs(model: CausalLM, batch: SequenceBatch, *, remat: bool = False
                       ) -> tuple[jax.Array, jax.Array]:
   """log pi(response token) and the entropy at each response position, (N, R) fp32.
 
@@ -227,51 +219,9 @@ def split_supervised(batch: Mapping[str, Any]) -> tuple[dict, np.ndarray, np.nda
   return prompts, np.asarray(batch["input_ids"])[:, width:], lengths
 
 
-def _pow2(n: int) -> int:
-  return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _pad_segments(seg: Segments, num_tokens: int, num_segments: int, length: int) -> Segments:
-  """Segments padded to (num_segments, length) and num_tokens; slots re-addressed."""
-  s, l = seg.gather.shape
-  gather = np.zeros((num_segments, length), np.int32)
-  valid = np.zeros((num_segments, length), bool)
-  gather[:s, :l], valid[:s, :l] = seg.gather, seg.valid
-  slot = np.asarray(seg.scatter, np.int64)
-  scatter = np.zeros(num_tokens, np.int32)       # padding patches read slot 0, as before
-  scatter[:len(slot)] = (slot // l) * length + slot % l
-  return Segments(gather=gather, valid=valid, scatter=scatter)
-
-
-def coarsen_vision(vision: VisionInputs, patch_buckets: Sequence[int], merge_size: int
-                   ) -> VisionInputs:
-  """Vision inputs padded to the loader's patch buckets and power-of-two segment tables.
-
-  `prepare_vision` rounds to fine buckets (at most 25% padding), so almost every new mix of
-  videos and images in a batch is a new shape and a new compilation of the whole train step.
-  Here patches take the loader's few patch buckets, segment counts and the full-attention
-  segment length powers of two; added patches are zero rows no segment reads, and their merged
-  tokens land past the real features, so the real features are unchanged.
-  """
-  m2 = merge_size ** 2
-  n = vision.pixel_values.shape[0]
-  target = bucket(n, patch_buckets)
-  target += -target % m2
-  extra = np.arange(n // m2, target // m2, dtype=np.int32)
-  rows = ((0, target - n), (0, 0))
-  window, full = vision.window, vision.full
-  return VisionInputs(
-      pixel_values=np.pad(np.asarray(vision.pixel_values), rows),
-      rotary_pos=np.pad(np.asarray(vision.rotary_pos), rows),
-      window_order=np.concatenate([vision.window_order, extra]).astype(np.int32),
-      restore_order=np.concatenate([vision.restore_order, extra]).astype(np.int32),
-      window=_pad_segments(window, target, _pow2(window.gather.shape[0]), window.gather.shape[1]),
-      full=_pad_segments(full, target, _pow2(full.gather.shape[0]), _pow2(full.gather.shape[1])))
-
-
-def encode_vision(model: Qwen25VL, batch: Mapping[str, Any]) -> jax.Array:
-  """The vision tower's features for `batch["vision"]` (a `Learner.evaluate` function)."""
-  return model.visual(batch["vision"])
+def encode_vision(model: CausalLM, batch: Mapping[str, Any]) -> jax.Array:
+  """The media encoder's features for `batch["vision"]` (a `Learner.evaluate` function)."""
+  return model.encode_media(batch["vision"])
 
 
 class SequenceBuilder:
@@ -286,7 +236,7 @@ class SequenceBuilder:
   that many columns (`build_sequences`).
   """
 
-  def __init__(self, config: Qwen25VLConfig, prompts: Mapping[str, Any], *,
+  def __init__(self, config, prompts: Mapping[str, Any], *,
                response_buckets: Sequence[int], rope_mode: str = "legacy", learner=None,
                patch_buckets: Sequence[int] | None = None, branches: int = 1,
                packed_width: int | None = None):
@@ -301,7 +251,7 @@ class SequenceBuilder:
       if self.inputs.vision is not None:
         self.features = learner.evaluate(encode_vision, {"vision": self.inputs.vision})
 
-  def generation_inputs(self) -> tuple[ModelInputs, np.ndarray] | None:
+  def generation_inputs(self) -> tuple[Any, np.ndarray] | None:
     """(prompt inputs, next positions) for `generate` from this builder's preparation, with
     the tower's features in place of the vision inputs: sampling the batch and training on
     it then prepare its prompts and encode its media once. None when the micro-batches carry
@@ -313,11 +263,10 @@ class SequenceBuilder:
       inputs = inputs.replace(vision=None, vision_features=self.features)
     return inputs, np.asarray(self.prompts["next_position"], np.int32)
 
-  def _coarse(self, inputs: ModelInputs) -> ModelInputs:
-    if self.patch_buckets is None or inputs.vision is None:
+  def _coarse(self, inputs):
+    if self.patch_buckets is None:
       return inputs
-    return inputs.replace(vision=coarsen_vision(inputs.vision, self.patch_buckets,
-                                                self.config.vision.spatial_merge_size))
+    return family_of(self.config).coarsen(self.config, inputs, self.patch_buckets)
 
   def __call__(self, rows: Sequence[int], owner: Sequence[int], responses: np.ndarray,
                lengths: Sequence[int]) -> SequenceBatch:

@@ -26,8 +26,7 @@ from veripo_jax.data.loader import Loader, LoaderConfig, make_dataset
 from veripo_jax.data.prompts import get_templates
 from veripo_jax.data.vision import VisionSettings
 from veripo_jax.fileio import write_json_atomic
-from veripo_jax.models.qwen2_5_vl import Qwen25VL, save_hf_checkpoint
-from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig
+from veripo_jax.models import CausalLM, family_of
 from veripo_jax.parallel.sharding import DEFAULT_RULES
 from veripo_jax.rl import artifacts
 from veripo_jax.rl.sequences import SequenceBuilder
@@ -67,7 +66,7 @@ class RunContext:
   """Run-level objects every stage uses."""
   workdir: str
   mesh: Mesh
-  model_config: Qwen25VLConfig
+  model_config: Any            # the model family's config
   tokenizer: Any
   tokenizer_dir: str
   dataset_dir: str
@@ -214,12 +213,12 @@ class Stage:
         self.stop_if_requested(learner, extras)
     return metrics
 
-  def finish(self, model: Qwen25VL, summary: dict, *, export: bool = True) -> dict:
+  def finish(self, model: CausalLM, summary: dict, *, export: bool = True) -> dict:
     """Exports the policy (Hugging Face layout) and marks the stage done, atomically, with the
     stage's wall time in seconds (`wall_s`, export included)."""
     self.checkpointer.wait()
     if export:
-      save_hf_checkpoint(model, self.policy_dir)
+      family_of(model.config).save(model, self.policy_dir)
     summary = {"stage": self.name, "kind": self.kind, **summary,
                "wall_s": time.perf_counter() - self.started}
     if jax.process_index() == 0:

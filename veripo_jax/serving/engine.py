@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +21,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from veripo_jax.inference.sampling import SamplingParams, next_token
-from veripo_jax.models.qwen2_5_vl.checkpoint import load_hf_checkpoint
-from veripo_jax.models.qwen2_5_vl.model import KVCache, ModelInputs, Qwen25VL, prepare_inputs
+from veripo_jax.models import CausalLM, get_family
 from veripo_jax.parallel.sharding import (DEFAULT_RULES, LogicalRules, activation_sharding,
                                           logical_to_spec, make_mesh)
 from veripo_jax.serving.compat import check_max_prefill_length, jetstream
@@ -38,7 +37,7 @@ NO_BOS = -1
 class Prefix:
   """One prefilled prompt, waiting for a decode slot."""
   logits: jax.Array     # (1, V) fp32 next-token logits after the prompt
-  cache: KVCache        # batch 1, length = the padded bucket; the prompt ends at the last slot
+  cache: Any            # batch 1, length = the padded bucket; the prompt ends at the last slot
   position: jax.Array   # (1,) int32 rope position of the first generated token
 
 
@@ -46,7 +45,7 @@ class Prefix:
 class DecodeState:
   """All slots; the cache's `index` is per slot (slots,) here, not the usual scalar."""
   logits: jax.Array     # (slots, V) fp32: the next token of each slot is sampled from these
-  cache: KVCache        # (slots, max_prefill_length + max_decode_length, ...)
+  cache: Any            # (slots, max_prefill_length + max_decode_length, ...)
   positions: jax.Array  # (slots,) int32 rope position of the next token
   lengths: jax.Array    # (slots,) int32 tokens generated since insert
   rng: jax.Array
@@ -92,7 +91,7 @@ class QwenEngine(_js.engine_api.Engine):
   `max_prefill_length` tokens (JetStream's truncation).
   """
 
-  def __init__(self, model: Qwen25VL, *, max_concurrent_decodes: int = 8,
+  def __init__(self, model: CausalLM, *, max_concurrent_decodes: int = 8,
                max_prefill_length: int = 1024, max_decode_length: int = 256,
                stop_token_ids: Sequence[int] | None = None, temperature: float = 0.0,
                top_p: float = 1.0, top_k: int = 0, seed: int = 0, mesh: Mesh | None = None,
@@ -109,8 +108,7 @@ class QwenEngine(_js.engine_api.Engine):
                        (cfg.eos_token_id, cfg.pad_token_id))
     if not self._stop:
       raise ValueError("stop_token_ids must not be empty")
-    self._rope_mode = model.rope_mode
-    self._dtype = model.dtype
+    self._model = model
     graphdef, self._params = nnx.split(model)
     if mesh is None:
       device = next(iter(jax.tree.leaves(self._params)[0].devices()))
@@ -123,53 +121,53 @@ class QwenEngine(_js.engine_api.Engine):
     replicated = NamedSharding(self._mesh, P())
     sampling = SamplingParams(temperature, top_p, top_k)
     self._prefill_fn = jax.jit(
-        functools.partial(_prefill, graphdef, dtype=self._dtype, mesh=mesh, rules=rules),
+        functools.partial(_prefill, graphdef, mesh=mesh, rules=rules),
         out_shardings=self._prefix_shardings)
     self._insert_fn = jax.jit(_insert, out_shardings=self._state_shardings, donate_argnums=(1,))
     self._generate_fn = jax.jit(functools.partial(_generate, graphdef, sampling=sampling),
                                 out_shardings=(self._state_shardings, replicated),
                                 donate_argnums=(1,))
     self._init_fn = jax.jit(functools.partial(
-        _init_state, cfg.text, self._slots, self._cache_length, self._dtype, seed),
+        _init_state, graphdef, self._slots, self._cache_length, seed),
         out_shardings=self._state_shardings)
 
   @classmethod
   def from_checkpoint(cls, path: str | os.PathLike, *, dtype=jnp.float32, mesh: Mesh | None = None,
-                      rules: LogicalRules = DEFAULT_RULES, **kwargs) -> "QwenEngine":
-    """Any checkpoint `load_hf_checkpoint` reads; only the language model is used."""
-    return cls(load_hf_checkpoint(path, dtype, mesh, rules=rules), mesh=mesh, rules=rules,
-               **kwargs)
+                      rules: LogicalRules = DEFAULT_RULES, family: str = "qwen2_5_vl",
+                      **kwargs) -> "QwenEngine":
+    """Any checkpoint the model family reads; only the language model is used."""
+    model = get_family(family).load(path, dtype=dtype, mesh=mesh, rules=rules)
+    return cls(model, mesh=mesh, rules=rules, **kwargs)
 
   # --- shardings -------------------------------------------------------------------------------
 
   def _sharding(self, axes, shape, rules) -> NamedSharding:
     return NamedSharding(self._mesh, logical_to_spec(axes, rules, shape, self._mesh))
 
+  def _cache_shardings(self, rules, batch: int, length: int, *, per_slot: bool,
+                       split=lambda axis: True):
+    """The model's cache layout sharded by its logical axes (those `split` keeps)."""
+    cache = self._model.init_cache(batch, length)
+    abstract = jax.eval_shape(lambda: cache.per_slot() if per_slot else cache)
+    return jax.tree.map(
+        lambda axes, a: self._sharding(tuple(x if split(x) else None for x in axes), a.shape,
+                                       rules),
+        self._model.cache_axes(per_slot), abstract, is_leaf=_is_axes)
+
   def _prefix_sharding_tree(self, rules) -> Prefix:
     """Prefix lengths vary by bucket, so only the head axes are split."""
-    t, replicated = self.config.text, NamedSharding(self._mesh, P())
-    unsplit = lambda axes: tuple(None if a in ("batch", "cache_length") else a for a in axes)
-    key_shape, value_shape = KVCache.shapes(t, 1, 1)
-    keys = self._sharding(unsplit(KVCache.KEY_AXES), key_shape, rules)
-    values = self._sharding(unsplit(KVCache.VALUE_AXES), value_shape, rules)
-    layers = t.num_hidden_layers
-    return Prefix(logits=self._sharding((None, "vocab"), (1, t.vocab_size), rules),
-                  cache=KVCache(keys=(keys,) * layers, values=(values,) * layers,
-                                valid=replicated, index=replicated),
-                  position=replicated)
+    replicated = NamedSharding(self._mesh, P())
+    cache = self._cache_shardings(rules, 1, 1, per_slot=False,
+                                  split=lambda axis: axis not in ("batch", "cache_length"))
+    return Prefix(logits=self._sharding((None, "vocab"), (1, self.config.vocab_size), rules),
+                  cache=cache, position=replicated)
 
   def _state_sharding_tree(self, rules) -> DecodeState:
-    t, n, s = self.config.text, self._slots, self._cache_length
-    key_shape, value_shape = KVCache.shapes(t, n, s)
-    keys = self._sharding(KVCache.KEY_AXES, key_shape, rules)
-    values = self._sharding(KVCache.VALUE_AXES, value_shape, rules)
+    n, s = self._slots, self._cache_length
     per_slot = self._sharding(("batch",), (n,), rules)
-    layers = t.num_hidden_layers
     return DecodeState(
-        logits=self._sharding(("batch", "vocab"), (n, t.vocab_size), rules),
-        cache=KVCache(keys=(keys,) * layers, values=(values,) * layers,
-                      valid=self._sharding(("batch", "cache_length"), (n, s), rules),
-                      index=per_slot),
+        logits=self._sharding(("batch", "vocab"), (n, self.config.vocab_size), rules),
+        cache=self._cache_shardings(rules, n, s, per_slot=True),
         positions=per_slot, lengths=per_slot, rng=NamedSharding(self._mesh, P()))
 
   # --- engine_api.Engine -----------------------------------------------------------------------
@@ -182,12 +180,10 @@ class QwenEngine(_js.engine_api.Engine):
     if not len(token_ids):
       return "empty prompt"
     ids = np.asarray(token_ids, np.int64)
-    vocab = self.config.text.vocab_size
+    vocab = self.config.vocab_size
     if ids.min() < 0 or ids.max() >= vocab:
       return f"token ids must be in [0, {vocab}), got [{ids.min()}, {ids.max()}]"
-    placeholders = (() if self.config.vision is None else
-                    (self.config.image_token_id, self.config.video_token_id))
-    if np.isin(ids, placeholders).any():
+    if np.isin(ids, self.config.media_token_ids).any():
       return "image/video placeholder tokens are not supported: the judge is text-only"
     return None
 
@@ -204,7 +200,7 @@ class QwenEngine(_js.engine_api.Engine):
     mask = np.zeros((1, bucket), bool)
     ids[0, bucket - len(real):] = real
     mask[0, bucket - len(real):] = True
-    inputs, next_pos = prepare_inputs(self.config, ids, mask, rope_mode=self._rope_mode)
+    inputs, next_pos = self._model.prepare({"input_ids": ids, "attention_mask": mask})
     return self._prefill_fn(params, inputs, np.asarray(next_pos, np.int32))
 
   def insert(self, prefix: Prefix, decode_state: DecodeState, slot: int) -> DecodeState:
@@ -226,7 +222,7 @@ class QwenEngine(_js.engine_api.Engine):
     return IdTokenizer(self._stop, self.config.pad_token_id)
 
   def init_decode_state(self, *args, **kwargs) -> DecodeState:
-    return self._init_fn()
+    return self._init_fn(self._params)
 
   @property
   def max_concurrent_decodes(self) -> int:
@@ -253,10 +249,15 @@ class QwenEngine(_js.engine_api.Engine):
 # --- jitted pieces -----------------------------------------------------------------------------
 
 
-def _prefill(graphdef, params, inputs: ModelInputs, position, *, dtype, mesh, rules) -> Prefix:
+def _is_axes(x) -> bool:
+  """A logical-axes tuple (a leaf of `CausalLM.cache_axes`)."""
+  return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
+
+
+def _prefill(graphdef, params, inputs, position, *, mesh, rules) -> Prefix:
   with activation_sharding(mesh, rules):
     model = nnx.merge(graphdef, params)
-    cache = KVCache.init(model.config.text, 1, inputs.input_ids.shape[1], dtype)
+    cache = model.init_cache(1, inputs.input_ids.shape[1])
     logits, cache = model.prefill(inputs, cache)
   return Prefix(logits=logits.astype(jnp.float32), cache=cache, position=position)
 
@@ -265,12 +266,7 @@ def _insert(prefix: Prefix, state: DecodeState, slot) -> DecodeState:
   def put(dst, src):
     return jax.lax.dynamic_update_slice(dst, src.astype(dst.dtype), (slot,) + (0,) * (dst.ndim - 1))
 
-  c = state.cache
-  valid = jnp.zeros((1, c.max_length), bool).at[:, :prefix.cache.max_length].set(
-      prefix.cache.valid)
-  cache = KVCache(keys=tuple(map(put, c.keys, prefix.cache.keys)),
-                  values=tuple(map(put, c.values, prefix.cache.values)),
-                  valid=put(c.valid, valid), index=c.index.at[slot].set(prefix.cache.index))
+  cache = state.cache.insert(slot, prefix.cache)
   return state.replace(cache=cache, logits=put(state.logits, prefix.logits),
                        positions=put(state.positions, prefix.position),
                        lengths=state.lengths.at[slot].set(0))
@@ -288,13 +284,9 @@ def _generate(graphdef, params, state: DecodeState, *, sampling: SamplingParams
   valid = state.cache.index <= state.cache.max_length
   lengths = state.lengths + 1
 
-  def step(tok, pos, row: KVCache):
-    cache = row.replace(keys=tuple(k[None] for k in row.keys),
-                        values=tuple(v[None] for v in row.values), valid=row.valid[None])
-    logits, cache = nnx.merge(graphdef, params).decode_step(tok[None], pos[None], cache)
-    return logits[0].astype(jnp.float32), cache.replace(
-        keys=tuple(k[0] for k in cache.keys), values=tuple(v[0] for v in cache.values),
-        valid=cache.valid[0])
+  def step(tok, pos, row):
+    logits, cache = nnx.merge(graphdef, params).decode_step(tok[None], pos[None], row.expand())
+    return logits[0].astype(jnp.float32), cache.squeeze()
 
   logits, cache = jax.vmap(step)(token, state.positions, state.cache)
   data = jnp.stack([token, valid.astype(jnp.int32), lengths], axis=1)
@@ -302,9 +294,9 @@ def _generate(graphdef, params, state: DecodeState, *, sampling: SamplingParams
                      rng=rng), data
 
 
-def _init_state(text_cfg, slots, length, dtype, seed) -> DecodeState:
-  cache = KVCache.init(text_cfg, slots, length, dtype)
+def _init_state(graphdef, slots, length, seed, params) -> DecodeState:
+  model = nnx.merge(graphdef, params)         # for its cache layout; no parameter is read
+  cache = model.init_cache(slots, length).per_slot()
   zeros = lambda: jnp.zeros((slots,), jnp.int32)
-  return DecodeState(logits=jnp.zeros((slots, text_cfg.vocab_size), jnp.float32),
-                     cache=cache.replace(index=zeros()), positions=zeros(), lengths=zeros(),
-                     rng=jax.random.key(seed))
+  return DecodeState(logits=jnp.zeros((slots, model.config.vocab_size), jnp.float32),
+                     cache=cache, positions=zeros(), lengths=zeros(), rng=jax.random.key(seed))

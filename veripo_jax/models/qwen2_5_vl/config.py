@@ -90,6 +90,15 @@ class Qwen25VLConfig:
   def replace(self, **kw) -> "Qwen25VLConfig":
     return dataclasses.replace(self, **kw)
 
+  @property
+  def vocab_size(self) -> int:
+    return self.text.vocab_size
+
+  @property
+  def media_token_ids(self) -> tuple[int, ...]:
+    """Placeholder tokens that stand for image / video features (none without a tower)."""
+    return () if self.vision is None else (self.image_token_id, self.video_token_id)
+
   # ----------------------------------------------------------------------------------------------
   # Hugging Face config.json <-> this config.
 

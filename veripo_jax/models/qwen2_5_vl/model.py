@@ -92,6 +92,39 @@ class KVCache:
     return self.replace(keys=tuple(map(rep, self.keys)), values=tuple(map(rep, self.values)),
                         valid=rep(self.valid))
 
+  @classmethod
+  def axes(cls, cfg: TextConfig, per_slot: bool = False) -> "KVCache":
+    """Logical axes of each array (`per_slot`: the serving cache, one write index a row)."""
+    n = cfg.num_hidden_layers
+    return cls(keys=(cls.KEY_AXES,) * n, values=(cls.VALUE_AXES,) * n,
+               valid=("batch", "cache_length"), index=("batch",) if per_slot else ())
+
+  def per_slot(self) -> "KVCache":
+    """The serving layout: each row (a decode slot) with its own write index."""
+    return self.replace(index=jnp.zeros((self.valid.shape[0],), jnp.int32))
+
+  def insert(self, slot: jax.Array, row: "KVCache") -> "KVCache":
+    """A per-slot cache with the one-row cache `row` (possibly shorter) written at `slot`."""
+    def put(dst, src):
+      return jax.lax.dynamic_update_slice(dst, src.astype(dst.dtype),
+                                          (slot,) + (0,) * (dst.ndim - 1))
+    valid = jnp.zeros((1, self.max_length), bool).at[:, :row.max_length].set(row.valid)
+    return KVCache(keys=tuple(map(put, self.keys, row.keys)),
+                   values=tuple(map(put, self.values, row.values)),
+                   valid=put(self.valid, valid), index=self.index.at[slot].set(row.index))
+
+  def expand(self) -> "KVCache":
+    """A vmapped per-slot row as a batch of one (what `decode_step` takes)."""
+    one = lambda a: a[None]
+    return self.replace(keys=tuple(map(one, self.keys)), values=tuple(map(one, self.values)),
+                        valid=one(self.valid))
+
+  def squeeze(self) -> "KVCache":
+    """The inverse of `expand`."""
+    first = lambda a: a[0]
+    return self.replace(keys=tuple(map(first, self.keys)),
+                        values=tuple(map(first, self.values)), valid=first(self.valid))
+
 
 class TextAttention(nnx.Module):
 
@@ -252,6 +285,20 @@ class Qwen25VL(nnx.Module):
     h, cache = self.extend(x, pos3, jnp.ones_like(tokens[:, None], bool), cache)
     return self.logits(h)[:, 0], cache
 
+  # --- the CausalLM protocol (models.family) -----------------------------------------------------
+
+  def prepare(self, batch, *, bucketed: bool = True) -> tuple[ModelInputs, np.ndarray]:
+    return prepare_batch(self.config, batch, rope_mode=self.rope_mode, bucketed=bucketed)
+
+  def init_cache(self, batch: int, length: int) -> KVCache:
+    return KVCache.init(self.config.text, batch, length, self.dtype)
+
+  def cache_axes(self, per_slot: bool = False) -> KVCache:
+    return KVCache.axes(self.config.text, per_slot)
+
+  def encode_media(self, media: VisionInputs) -> jax.Array:
+    return self.visual(media)
+
   # --- transformers-style entry point ------------------------------------------------------------
 
   def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_grid_thw=None,
@@ -268,6 +315,18 @@ class Qwen25VL(nnx.Module):
 @nnx.jit
 def _jit_forward(model: Qwen25VL, inputs: ModelInputs) -> jax.Array:
   return model.forward(inputs)
+
+
+_MEDIA_FIELDS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+                 "second_per_grid_ts", "position_ids")
+
+
+def prepare_batch(config: Qwen25VLConfig, batch, *, rope_mode: str = "legacy",
+                  bucketed: bool = True) -> tuple[ModelInputs, np.ndarray]:
+  """`prepare_inputs` of a processor-style batch (a mapping; absent media fields are None)."""
+  return prepare_inputs(config, batch["input_ids"], batch.get("attention_mask"),
+                        rope_mode=rope_mode, bucketed=bucketed,
+                        **{k: batch.get(k) for k in _MEDIA_FIELDS})
 
 
 def prepare_inputs(config: Qwen25VLConfig, input_ids, attention_mask=None, *,

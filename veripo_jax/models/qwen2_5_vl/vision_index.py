@@ -8,9 +8,12 @@ segment count, segment length) are rounded up to buckets so a few compilations s
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from flax import struct
 
+from veripo_jax.buckets import bucket as size_bucket
 from veripo_jax.models.qwen2_5_vl.config import VisionConfig
 
 
@@ -119,3 +122,44 @@ def prepare_vision(pixel_values: np.ndarray, grid_thw: np.ndarray, cfg: VisionCo
       full=_segments(slice_lengths, n_pad, full_len, size(len(slice_lengths), 1)),
   )
 
+
+def _pow2(n: int) -> int:
+  return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _pad_segments(seg: Segments, num_tokens: int, num_segments: int, length: int) -> Segments:
+  """Segments padded to (num_segments, length) and num_tokens; slots re-addressed."""
+  s, l = seg.gather.shape
+  gather = np.zeros((num_segments, length), np.int32)
+  valid = np.zeros((num_segments, length), bool)
+  gather[:s, :l], valid[:s, :l] = seg.gather, seg.valid
+  slot = np.asarray(seg.scatter, np.int64)
+  scatter = np.zeros(num_tokens, np.int32)       # padding patches read slot 0, as before
+  scatter[:len(slot)] = (slot // l) * length + slot % l
+  return Segments(gather=gather, valid=valid, scatter=scatter)
+
+
+def coarsen_vision(vision: VisionInputs, patch_buckets: Sequence[int], merge_size: int
+                   ) -> VisionInputs:
+  """Vision inputs padded to the loader's patch buckets and power-of-two segment tables.
+
+  `prepare_vision` rounds to fine buckets (at most 25% padding), so almost every new mix of
+  videos and images in a batch is a new shape and a new compilation of the whole train step.
+  Here patches take the loader's few patch buckets, segment counts and the full-attention
+  segment length powers of two; added patches are zero rows no segment reads, and their merged
+  tokens land past the real features, so the real features are unchanged.
+  """
+  m2 = merge_size ** 2
+  n = vision.pixel_values.shape[0]
+  target = size_bucket(n, patch_buckets)
+  target += -target % m2
+  extra = np.arange(n // m2, target // m2, dtype=np.int32)
+  rows = ((0, target - n), (0, 0))
+  window, full = vision.window, vision.full
+  return VisionInputs(
+      pixel_values=np.pad(np.asarray(vision.pixel_values), rows),
+      rotary_pos=np.pad(np.asarray(vision.rotary_pos), rows),
+      window_order=np.concatenate([vision.window_order, extra]).astype(np.int32),
+      restore_order=np.concatenate([vision.restore_order, extra]).astype(np.int32),
+      window=_pad_segments(window, target, _pow2(window.gather.shape[0]), window.gather.shape[1]),
+      full=_pad_segments(full, target, _pow2(full.gather.shape[0]), _pow2(full.gather.shape[1])))
