@@ -1,0 +1,1 @@
+"""Benchmark evaluation: question files, the authors' prompts and scoring, the resumable runner."""
