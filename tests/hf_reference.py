@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
@@ -82,3 +82,29 @@ def hf_inputs(batch: dict) -> dict:
 def hf_logits(model, batch: dict) -> np.ndarray:
   with torch.no_grad():
     return model(**hf_inputs(batch)).logits.float().numpy()
+
+
+class _Meta:
+  def __init__(self, fps):
+    self.sampled_fps = fps
+
+
+class GridOnlyVideoProcessor:
+  """Stands in for the HF video processor (it needs torchvision): returns a given grid."""
+  merge_size, temporal_patch_size = 2, 2
+
+  def __init__(self, grid, fps):
+    self.grid, self.fps = grid, fps
+
+  def __call__(self, videos=None, **kwargs):
+    n = int(np.prod(self.grid))
+    return {"pixel_values_videos": np.zeros((n, 1176), np.float32),
+            "video_grid_thw": np.array([self.grid]), "video_metadata": [_Meta(self.fps)]}
+
+
+class StubVideoProcessor(Qwen2_5_VLProcessor):
+  """The transformers processor with the stand-in video processor accepted."""
+
+  def check_argument_for_proper_class(self, name, arg):
+    if name != "video_processor":
+      return super().check_argument_for_proper_class(name, arg)

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from hf_reference import GridOnlyVideoProcessor, StubVideoProcessor
 from veripo_jax.data.batching import BatchSpec, Collator, bucket
 from veripo_jax.data.prompts import QWEN_VL_CHAT_TEMPLATE, get_templates
 from veripo_jax.data.synthetic.tokenizer import build_tokenizer, save_tokenizer
@@ -25,30 +25,6 @@ def tokenizer():
                          vocab_size=400)
 
 
-class _Meta:
-  def __init__(self, fps):
-    self.sampled_fps = fps
-
-
-class _GridOnlyVideoProcessor:
-  """Stands in for the HF video processor (it needs torchvision): returns a given grid."""
-  merge_size, temporal_patch_size = 2, 2
-
-  def __init__(self, grid, fps):
-    self.grid, self.fps = grid, fps
-
-  def __call__(self, videos=None, **kwargs):
-    n = int(np.prod(self.grid))
-    return {"pixel_values_videos": np.zeros((n, 1176), np.float32),
-            "video_grid_thw": np.array([self.grid]), "video_metadata": [_Meta(self.fps)]}
-
-
-class _Processor(Qwen2_5_VLProcessor):
-  def check_argument_for_proper_class(self, name, arg):
-    if name != "video_processor":
-      return super().check_argument_for_proper_class(name, arg)
-
-
 RECORD = dict(id="x", data_type="video", problem_type="multiple choice",
               problem="In which direction does the red circle move?",
               options=["A. left", "B. right"], answer="B", reasoning="it goes right", task="")
@@ -59,8 +35,8 @@ def test_video_prompt_ids_match_hf_processor(tokenizer):
   encoder = PromptEncoder(tokenizer, get_templates("video_r1_think"), merge_size=2)
   visual = VisualInput(np.zeros((72, 1176), np.float32), np.array(grid), 2 / 1.5)
   ours = encoder.prompt_ids(RECORD, visual)
-  processor = _Processor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizer,
-                         video_processor=_GridOnlyVideoProcessor(grid, 1.5),
+  processor = StubVideoProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizer,
+                         video_processor=GridOnlyVideoProcessor(grid, 1.5),
                          chat_template=QWEN_VL_CHAT_TEMPLATE)
   text = processor.apply_chat_template(encoder.messages(RECORD), tokenize=False,
                                        add_generation_prompt=True)
@@ -87,8 +63,8 @@ def test_image_prompt_and_pixels_match_hf_processor(tokenizer):
   settings = VisionSettings()
   visual = process_image(image, settings)
   record = {**RECORD, "data_type": "image"}
-  processor = _Processor(image_processor=Qwen2VLImageProcessorPil(),
-                         tokenizer=tokenizer, video_processor=_GridOnlyVideoProcessor((2, 2, 2), 2),
+  processor = StubVideoProcessor(image_processor=Qwen2VLImageProcessorPil(),
+                         tokenizer=tokenizer, video_processor=GridOnlyVideoProcessor((2, 2, 2), 2),
                          chat_template=QWEN_VL_CHAT_TEMPLATE)
   text = processor.apply_chat_template(encoder.messages(record), tokenize=False,
                                        add_generation_prompt=True)
