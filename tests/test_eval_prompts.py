@@ -16,10 +16,10 @@ from veripo_jax.data.prompts import QWEN_VL_CHAT_TEMPLATE
 from veripo_jax.data.synthetic.tokenizer import build_tokenizer
 from veripo_jax.data.vision import VisionSettings, VisualInput, process_image
 from veripo_jax.eval import prompts
-from veripo_jax.eval.benchmarks import SHIPPED_BENCHMARKS, load_benchmark, question_file
+from veripo_jax.eval.benchmarks import (SHIPPED_BENCHMARKS, load_benchmark, question_file,
+                                        shipped_questions_dir)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUESTIONS_DIR = os.path.join(REPO, "..", "shared", "benchmarks", "veripo_eval")
+QUESTIONS_DIR = shipped_questions_dir()
 needs_shipped = pytest.mark.skipif(
     not os.path.isdir(QUESTIONS_DIR),
     reason=f"shipped question files not found at {os.path.normpath(QUESTIONS_DIR)}")

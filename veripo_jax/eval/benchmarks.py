@@ -109,13 +109,9 @@ class BenchmarkData:
     return text
 
 
-def shipped_questions_dir(repo_root: str | os.PathLike | None = None) -> str:
-  """Where a checkout keeps the shipped question files: `<repo>/../shared/benchmarks/veripo_eval`
-  (may not exist; point the eval config's questions_dir elsewhere then)."""
-  if repo_root is None:
-    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return os.path.normpath(os.path.join(os.fspath(repo_root), "..", "shared", "benchmarks",
-                                       "veripo_eval"))
+def shipped_questions_dir() -> str:
+  """The authors' question files, shipped with the package (`veripo_jax/eval/questions`)."""
+  return os.path.join(os.path.dirname(os.path.abspath(__file__)), "questions")
 
 
 def question_file(name: str, questions_dir: str | os.PathLike) -> str:
