@@ -7,6 +7,8 @@ import os
 import shutil
 import tempfile
 
+from absl import logging
+
 
 def temp_dir_beside(path: str) -> str:
   """A fresh temporary directory on the same filesystem as `path` (so a rename is atomic)."""
@@ -60,3 +62,26 @@ def read_jsonl(path: str) -> list:
 
 def write_json_atomic(path: str, payload: dict) -> None:
   write_text_atomic(path, json.dumps(payload, indent=2))
+
+
+def drop_partial_last_line(path: str) -> None:
+  """Truncates a last line without its newline (a crash mid-write), so appends stay valid."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if data.endswith(b"\n"):
+      return
+    cut = data.rfind(b"\n") + 1
+    logging.warning("%s: dropping a partial last line left by an interrupted write", path)
+    f.truncate(cut)
+
+
+def append_jsonl(path: str, records) -> None:
+  """Appends records as JSON lines in one write, flushed to disk: a crash loses at most this
+  call's lines (a partial last line, which `drop_partial_last_line` removes on resume)."""
+  text = "".join(json.dumps(r) + "\n" for r in records)
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())

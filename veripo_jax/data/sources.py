@@ -4,7 +4,9 @@ source, which returns (tokenizer_dir, dataset_dir) for the run.
   tfds       a built TFDS ArrayRecord dataset (`data.dataset_dir`) and a tokenizer directory
              (`data.tokenizer_dir`), e.g. a checkpoint's;
   synthetic  the synthetic video-QA world (`data.world`, `data.world_seed`, `data.split_sizes`),
-             built once into WORKDIR/world and found again from any cwd.
+             built once into WORKDIR/world and found again from any cwd;
+  tokenizer  no training examples, only a tokenizer directory (`data.tokenizer_dir`): runs that
+             only evaluate, reading their benchmarks' question files themselves.
 
 A new source is one `register_data_source` call, naming the `config.data` fields it reads: a
 field no source reads is a config error (a typo, or a field left from an older config).
@@ -73,5 +75,13 @@ def _synthetic(data, workdir: str) -> tuple[str, str]:
     return os.path.join(root, "tokenizer"), os.path.join(root, f.read().strip())
 
 
+def _tokenizer_only(data, workdir: str) -> tuple[str, str]:
+  del workdir
+  if not data.get("tokenizer_dir"):
+    raise ConfigError("config.data.tokenizer_dir: source 'tokenizer' needs it")
+  return data.tokenizer_dir, ""
+
+
 register_data_source("tfds", _tfds, fields=("dataset_dir", "tokenizer_dir"))
 register_data_source("synthetic", _synthetic, fields=("world", "world_seed", "split_sizes"))
+register_data_source("tokenizer", _tokenizer_only, fields=("tokenizer_dir",))

@@ -54,6 +54,9 @@ STAGE_KINDS: dict[str, StageKind] = {
     "verifier": _builtin("verifier_stage", "VerifierStageConfig", "VerifierStage",
                          metric_prefixes=("judge",)),
     "judge_eval": _builtin("judge_eval", "JudgeEvalConfig", "JudgeEvalStage"),
+    # The authors' benchmark protocol (veripo_jax.eval), resumable per batch.
+    "benchmark": StageKind("veripo_jax.eval.stage:BenchmarkStageConfig",
+                           "veripo_jax.eval.stage:BenchmarkStage"),
 }
 
 

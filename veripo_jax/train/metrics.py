@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from veripo_jax.fileio import write_text_atomic
+from veripo_jax.fileio import drop_partial_last_line, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -117,7 +117,7 @@ class MetricsWriter:
   def _open(self):
     if self._file is None:
       os.makedirs(self.workdir, exist_ok=True)
-      _drop_partial_last_line(self.path)
+      drop_partial_last_line(self.path)
       self._file = open(self.path, "a")
     return self._file
 
@@ -253,16 +253,3 @@ def _scalar(name: str, value: Any) -> bool | int | float:
   if arr.dtype.kind == "f":
     return float(arr.item())
   raise TypeError(f"metric {name!r} must be a number, got dtype {arr.dtype}")
-
-
-def _drop_partial_last_line(path: str) -> None:
-  """Truncates a last line without its newline (a crash mid-write), so appends stay valid."""
-  if not os.path.exists(path) or os.path.getsize(path) == 0:
-    return
-  with open(path, "rb+") as f:
-    data = f.read()
-    if data.endswith(b"\n"):
-      return
-    cut = data.rfind(b"\n") + 1
-    logging.warning("%s: dropping a partial last line left by an interrupted write", path)
-    f.truncate(cut)
