@@ -5,7 +5,7 @@ Qwen2.5-VL-3B-Instruct on one 80 GB GPU (A100 / H100).
       --config=configs/veripo_qwen2_5_vl_3b_gpu.py --workdir=runs/veripo_3b \
       --config.model.checkpoint=/path/to/Qwen2.5-VL-3B-Instruct \
       --config.data.dataset_dir=/path/to/tfds/veripo_train/VERSION \
-      --config.stages.eval_vsi_bench.data.dataset_dir=/path/to/tfds/veripo_eval/VERSION \
+      --config.stages.benchmarks.video_root=/path/to/benchmark/videos \
       --config.stages.verifier_1.judge.checkpoint=/path/to/Qwen2.5-1.5B-Instruct
 
 (JAX takes 75% of the GPU by default; the memory budget below assumes 95%.) The stages, data

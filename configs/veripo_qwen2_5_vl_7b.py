@@ -4,19 +4,21 @@ Qwen2.5-VL-7B-Instruct on a Cloud TPU v5p-128 slice: 64 chips on 16 hosts of 4 c
   tpu_scripts/launch.sh --config=configs/veripo_qwen2_5_vl_7b.py --workdir=/mnt/shared/veripo \
       --config.model.checkpoint=/path/to/Qwen2.5-VL-7B-Instruct \
       --config.data.dataset_dir=/path/to/tfds/veripo_train/VERSION \
-      --config.stages.eval_vsi_bench.data.dataset_dir=/path/to/tfds/veripo_eval/VERSION \
+      --config.stages.benchmarks.video_root=/path/to/benchmark/videos \
       --config.stages.verifier_1.judge.checkpoint=/path/to/Qwen2.5-7B-Instruct
 
 Setting model.checkpoint also sets data.tokenizer_dir (the checkpoint holds the tokenizer), one
-eval stage's dataset_dir sets all five, one verifier's judge checkpoint sets both. Every host
+verifier's judge checkpoint sets both. Every host
 reads the checkpoints and datasets, and the workdir must be one directory they all see (a shared
 mount): stages hand policies on by path. Another v5p slice:
 `--config=configs/veripo_qwen2_5_vl_7b.py:v5p-256` (per-host batch sizes follow the host count,
 so the global batches stay Table 1's).
 
 Stages: reasoning activation GRPO -> group-slow-search GRPO on images, then on video QA ->
-[verifier -> DPO (pair-fast-align) -> GRPO on video QA] x 2 (the paper's Figure 1C) -> greedy
-evaluation on the five benchmarks of §6. The paper's group-slow-search stage is one GRPO stage
+[verifier -> DPO (pair-fast-align) -> GRPO on video QA] x 2 (the paper's Figure 1C) -> the
+authors' evaluation protocol on the five benchmarks of §6 (the `benchmark` stage kind, the code
+path of configs/eval_qwen2_5_vl_7b.py: their prompts, greedy with repetition penalty 1.05, their
+scoring; question files shipped in veripo_jax/eval/questions, videos under `video_root`). The paper's group-slow-search stage is one GRPO stage
 over images and video QA together; here it is two stages in a row (images, then video QA)
 because a verifier names prompts by their position in the split its GRPO stage read: the DPO
 stage re-reads the prompts of its pairs from that split, and the next GRPO stage leaves the
@@ -24,21 +26,15 @@ discarded easy prompts out of its own split by the same positions. With the vide
 a stage of their own, the pairs are "rollouts of the video QA" (Table 1) and all three stages
 of an iteration read the one split `video_qa`.
 
-Data: build one Video-R1-format dataset with a split per Table 1 source and one VerIPO-eval
-dataset with a split per benchmark, e.g.
+Data: build one Video-R1-format dataset with a split per Table 1 source, e.g.
 
   python -m veripo_jax.data.build_dataset --format=video_r1 --name=veripo_train \
       --split=long_document=long_document.jsonl --split=math_text=math_text.jsonl \
       --split=reasoning_image=reasoning_image.jsonl --split=science_image=science_image.jsonl \
       --split=spatial_image=spatial_image.jsonl --split=general_image=general_image.jsonl \
       --split=video_qa=video_qa.jsonl --media_root=/data/media --data_dir=/data/tfds
-  python -m veripo_jax.data.build_dataset --format=veripo_eval --name=veripo_eval \
-      --split=vsi_bench=shared/benchmarks/veripo_eval/vsi_bench.json --split=mmvu=... \
-      --split=tomato=... --split=lvbench=... --split=video_mme=... --media_root=/data/videos \
-      --data_dir=/data/tfds
 
-and point `data.dataset_dir` and the eval stages' `data.dataset_dir` at the `dataset:`
-directories the builds print. A stage reading several sources names them as one TFDS split
+and point `data.dataset_dir` at the `dataset:` directory the build prints. A stage reading several sources names them as one TFDS split
 expression ("math_text+reasoning_image").
 """
 
@@ -48,7 +44,7 @@ import ml_collections
 # shared references tie the copies together (see the docstring).
 CHECKPOINT = "/path/to/Qwen2.5-VL-7B-Instruct"
 TRAIN_DATASET_DIR = "/path/to/tfds/veripo_train/VERSION"
-EVAL_DATASET_DIR = "/path/to/tfds/veripo_eval/VERSION"
+BENCHMARK_VIDEOS = "/path/to/benchmark/videos"   # VSI-Bench/..., MMVU/..., TOMATO/..., ...
 # The judge of the Rollout-Aware Verifier: the paper says "a small LLM" and does not name it;
 # any local Qwen2/Qwen2.5 text (or Qwen2.5-VL) instruct checkpoint serves.
 JUDGE_CHECKPOINT = "/path/to/Qwen2.5-7B-Instruct"
@@ -67,7 +63,7 @@ LATER_SEARCH = dict(global_batch=64, learning_rate=5e-7)
 MAX_RESPONSE = 4096
 ACTIVATION_SOURCES = ("long_document", "math_text", "reasoning_image")
 ITERATIONS = 2                  # [verifier -> DPO -> GRPO] x 2, Figure 1C
-BENCHMARKS = ("vsi_bench", "mmvu", "tomato", "lvbench", "video_mme")   # §6, splits of the eval set
+BENCHMARKS = ("vsi_bench", "mmvu", "tomato", "lvbench", "video_mme")   # §6
 
 _PIXELS_28 = 28 * 28
 
@@ -104,17 +100,6 @@ def _train_data(split, batch_size, seed, max_response):
       response_buckets=shorter + (max_response, max_response + 256))
 
 
-def _eval_data(split, batch_size, dataset_dir, fps):
-  """§6 evaluation input: up to 128 frames at 2 fps (TOMATO 4), 256·28·28 pixels per frame,
-  the VerIPO OPTION/NUMBER prompts, each item once, in order."""
-  return dict(
-      dataset_dir=dataset_dir, split=split, batch_size=batch_size, template="veripo_eval",
-      shuffle=False, num_epochs=1,
-      vision=dict(fps=fps, min_frames=4, max_frames=128, max_pixels=256 * _PIXELS_28),
-      # 128 frames are 16384 video tokens; the question and template fit the next bucket.
-      prompt_buckets=(1024, 2048, 4096, 8192, 16384, 17408, 18432))
-
-
 def recipe(*, checkpoint, preset, mesh, hosts, prompts_per_round, activation_micro_batch,
            micro_batch, dpo_micro_batch, max_response, eval_batch_size, remat,
            save_every_rounds, judge, activation_sources=ACTIVATION_SOURCES):
@@ -132,7 +117,6 @@ def recipe(*, checkpoint, preset, mesh, hosts, prompts_per_round, activation_mic
   c.seed = 0
   c.compilation_cache_dir = ""           # "" = WORKDIR/compilation_cache (gs:// paths work)
   checkpoint = ml_collections.FieldReference(checkpoint)
-  eval_dir = ml_collections.FieldReference(EVAL_DATASET_DIR)
   judge = dict(judge, checkpoint=ml_collections.FieldReference(judge["checkpoint"]))
 
   c.data = ml_collections.ConfigDict()
@@ -206,14 +190,14 @@ def recipe(*, checkpoint, preset, mesh, hosts, prompts_per_round, activation_mic
     order += [verifier, dpo, later]
     rollouts_from = later
 
-  for name in BENCHMARKS:
-    c.stages[f"eval_{name}"] = ml_collections.ConfigDict(dict(
-        kind="eval",
-        data=_eval_data(name, eval_batch_size, eval_dir, fps=4.0 if name == "tomato" else 2.0),
-        # Greedy, up to 4096 new tokens. The eval scripts' repetition penalty 1.05 is not
-        # implemented by the sampler.
-        rollout=dict(num_samples=1, temperature=0.0, max_new_tokens=4096)))
-    order.append(f"eval_{name}")
+  # The authors' evaluation protocol (configs/eval_qwen2_5_vl_7b.py's stage) on the final policy.
+  c.stages.benchmarks = ml_collections.ConfigDict(dict(
+      kind="benchmark", benchmarks=",".join(BENCHMARKS), video_root=BENCHMARK_VIDEOS,
+      batch_size=eval_batch_size, max_new_tokens=4096, repetition_penalty=1.05,
+      max_frames=128, max_pixels=256 * _PIXELS_28,
+      # 128 frames are 16384 video tokens; the question and template fit the next bucket.
+      prompt_buckets=(1024, 2048, 4096, 8192, 16384, 17408, 18432)))
+  order.append("benchmarks")
   c.stage_order = tuple(order)
   return c
 
@@ -249,7 +233,7 @@ def get_config(tpu="v5p-128"):
       # to 16k tokens, so 20k-token sequences) go one a shard. DPO: 32 pairs are 64 rows.
       activation_micro_batch=16, micro_batch=64, dpo_micro_batch=32,
       # Evaluation: 32 prompts of up to 17k tokens (128 frames), 2 a batch shard.
-      max_response=MAX_RESPONSE, eval_batch_size=2, remat=True, save_every_rounds=10,
+      max_response=MAX_RESPONSE, eval_batch_size=32, remat=True, save_every_rounds=10,
       # JetStream serves the judge on one chip of host 0 (serving/engine.py) while the
       # verifier runs there: a 7B judge in bf16 is 15 GB, and 64 slots of 8k-token prompts
       # (57 KB of cache a token) 30 GB, within a v5p chip's 95 GB.

@@ -104,7 +104,7 @@ def test_tpu_recipe_is_table_1():
   cfg = load(TPU_7B)
   stages = build_stages(cfg)
   kinds = [stages[n][0] for n in cfg.stage_order]
-  assert kinds == ["grpo"] * 3 + ["verifier", "dpo", "grpo"] * 2 + ["eval"] * 5
+  assert kinds == ["grpo"] * 3 + ["verifier", "dpo", "grpo"] * 2 + ["benchmark"]
   assert cfg.data.source == "tfds" and cfg.model.checkpoint == cfg.data.tokenizer_dir
   assert (cfg.model.dtype, cfg.model.param_dtype) == ("bfloat16", "float32")
   for name, row in TABLE1.items():
@@ -135,13 +135,10 @@ def test_tpu_recipe_is_table_1():
     assert (v.discard_fraction, v.heldout_split, v.verifier.max_reasoning_tokens) == (
         0.8, "", 4096)
     assert v.judge.checkpoint and not v.judge.from_stage
-  for name in cfg.stage_order[-5:]:
-    e = stages[name][1]
-    assert (e.rollout.num_samples, e.rollout.temperature, e.rollout.max_new_tokens) == (1, 0.0,
-                                                                                      4096)
-    assert (e.data.template, e.data.shuffle, e.data.num_epochs) == ("veripo_eval", False, 1)
-    assert (e.data.vision.max_frames, e.data.vision.max_pixels) == (128, 256 * PIXELS_28)
-    assert e.data.dataset_dir
+  e = stages["benchmarks"][1]                      # the authors' evaluation protocol
+  assert set(e.question_files()) == {"vsi_bench", "mmvu", "tomato", "lvbench", "video_mme"}
+  assert (e.template, e.max_new_tokens, e.repetition_penalty, e.fps) == ("veripo", 4096, 1.05, 0)
+  assert (e.max_frames, e.max_pixels, e.batch_size) == (128, 256 * PIXELS_28, ROLLOUT_PROMPTS // 2)
 
 
 def test_tpu_slices_keep_the_global_batches():
@@ -172,11 +169,8 @@ def test_gpu_recipe_keeps_table_1_but_sizes():
 def test_shared_references_follow_overrides():
   cfg = load(TPU_7B)
   cfg.model.checkpoint = "/ckpt"
-  cfg.stages.eval_mmvu.data.dataset_dir = "/eval"
   cfg.stages.verifier_2.judge.checkpoint = "/judge"
   assert cfg.data.tokenizer_dir == "/ckpt"
-  assert {cfg.stages[n].data.dataset_dir for n in cfg.stage_order if n.startswith("eval_")} == {
-      "/eval"}
   assert cfg.stages.verifier_1.judge.checkpoint == "/judge"
 
 
@@ -260,3 +254,19 @@ def test_a_config_error_stops_the_run_before_anything_is_written(tmp_path):
   with pytest.raises(ConfigError, match="judge_max_tokenz"):
     loop.run(cfg, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("hardware", ["gpu", "v5p-8"])
+def test_eval_config_plans_and_its_eval_section_is_the_stage(hardware):
+  cfg = load("eval_qwen2_5_vl_7b.py", hardware)
+  cfg.eval.video_root = "/videos"                  # what --config.eval.video_root=... sets
+  cfg.eval.benchmarks = "vsi_bench,mmvu"
+  cfg.model.checkpoint = "/ckpt"
+  stage = build_stages(cfg)["benchmarks"][1]
+  assert stage.video_root == "/videos" and list(stage.question_files()) == ["vsi_bench", "mmvu"]
+  assert (stage.repetition_penalty, stage.max_new_tokens, stage.template) == (1.05, 4096,
+                                                                              "veripo")
+  assert cfg.data.tokenizer_dir == "/ckpt"
+  cfg.eval.benchmarks = "vsi_bench,mmvuu"
+  with pytest.raises(ConfigError, match="unknown 'mmvuu'"):
+    plan(cfg)
