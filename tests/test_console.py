@@ -177,6 +177,22 @@ def test_run_summary_reads_report_json_else_lists_stages(tmp_path):
       REPORT, str(tmp_path / "report.md"))
 
 
+def test_run_summary_leads_with_benchmark_scores(tmp_path):
+  stage = tmp_path / "stages" / "benchmarks"
+  os.makedirs(stage)
+  row = dict(benchmark="vsi_bench", score=41.25, scored=9, items=11, rule_inconsistency=0.125,
+             judge_inconsistency=None, paper={"VerIPO-7B": 41.8, "Qwen2.5-VL-7B": 37.5,
+                                              "GPT-4o": 34.0})
+  (stage / "eval_report.json").write_text(json.dumps({"benchmarks": [row]}))
+  (tmp_path / "report.json").write_text(json.dumps({"claims": [{"claim": 1, "held": None}]}))
+  lines = console.run_summary(str(tmp_path), ("benchmarks",)).splitlines()
+  assert lines[0] == "Benchmarks (the authors' protocol and scoring):"
+  assert lines[3].split() == ["benchmarks", "vsi_bench", "41.2", "VerIPO-7B", "41.8,",
+                              "Qwen2.5-VL-7B", "37.5", "9/11", "12.5", "n/a"]
+  assert lines[4] == f"Eval report: {stage / 'eval_report.md'}"
+  assert "Claims:" not in lines                      # none measured: not listed
+
+
 def test_format_duration():
   assert [console.format_duration(s) for s in (4.25, 65, 3725)] == [
       "4.2 s", "1 min 05 s", "1 h 02 min"]

@@ -8,17 +8,11 @@ import os
 
 import numpy as np
 import pytest
-from flax import nnx
-from PIL import Image
 
-from veripo_jax.data.synthetic.render import encode_video
-from veripo_jax.data.synthetic.tokenizer import build_tokenizer, save_tokenizer
-from veripo_jax.data.tokenization import load_tokenizer
-from veripo_jax.eval import prompts
 from veripo_jax.eval.report import REPORT_JSON, REPORT_MD, REPORT_PNG
 from veripo_jax.eval.runner import PREDICTIONS_FILE, judge_records
 from veripo_jax.eval.scoring import official_score
-from veripo_jax.models.qwen2_5_vl import Qwen25VL, fit_to_tokenizer, get_preset, save_hf_checkpoint
+from veripo_jax.eval.smoke import make_checkpoint, random_clip
 from veripo_jax.rl.loop import run
 from veripo_jax.rl.stage import Preempted
 from veripo_jax.train.preemption import PreemptionGuard
@@ -27,29 +21,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ITEMS = 11                      # per benchmark: 9 scored, one missing video, one corrupt
 
 
-def _clip(seconds: float, seed: int) -> bytes:
-  rng = np.random.default_rng(seed)
-  frames = [Image.fromarray(rng.integers(0, 255, (56, 84, 3), np.uint8))
-            for _ in range(int(seconds * 4))]
-  return encode_video(frames, fps=4)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   root = tmp_path_factory.mktemp("eval_world")
-  ckpt = root / "ckpt"
-  tokenizer = build_tokenizer([prompts.OPTION_TEMPLATE, prompts.NUMBER_TEMPLATE,
-                               "How many chairs are in this room? A. B. C. D. 3 4"] * 4,
-                              vocab_size=400)
-  save_tokenizer(tokenizer, root / "tokenizer")
-  config = fit_to_tokenizer(get_preset("tiny"), load_tokenizer(root / "tokenizer"))
-  save_hf_checkpoint(Qwen25VL(config, rngs=nnx.Rngs(3)), ckpt)
-  for f in os.listdir(root / "tokenizer"):           # a checkpoint holds its tokenizer
-    (ckpt / f).write_bytes((root / "tokenizer" / f).read_bytes())
+  ckpt = make_checkpoint(str(root / "ckpt"), seed=3)
   videos = root / "videos"
   (videos / "clips").mkdir(parents=True)
   for k in range(4):
-    (videos / "clips" / f"c{k}.mp4").write_bytes(_clip(1.0 + k, k))
+    (videos / "clips" / f"c{k}.mp4").write_bytes(random_clip(1.0 + k, k))
   (videos / "clips" / "broken.mp4").write_bytes(b"not a video")
   files = {}
   for name in ("vsi_bench", "mmvu"):
@@ -64,7 +43,7 @@ def world(tmp_path_factory):
                         processed_question=question))
     files[name] = root / f"{name}.json"
     files[name].write_text(json.dumps(items))
-  return dict(ckpt=str(ckpt), videos=str(videos), files=files)
+  return dict(ckpt=ckpt, videos=str(videos), files=files)
 
 
 def _config(world, **eval_overrides):

@@ -205,7 +205,7 @@ def format_summary(report: Mapping[str, Any], report_path: str | None = None) ->
   else:
     lines.append("Held-out evaluations: none in the report.")
   claims = report.get("claims") or []
-  if claims:
+  if any(c.get("held") is not None for c in claims) or evaluations:
     lines += ["", "Claims:"]
     marks = {True: "held", False: "NOT held"}
     width = max(len(str(c.get("claim", ""))) for c in claims)
@@ -218,9 +218,40 @@ def format_summary(report: Mapping[str, Any], report_path: str | None = None) ->
   return "\n".join(lines)
 
 
+def benchmark_summary(workdir: str, stage_order: Sequence[str]) -> str:
+  """One row per benchmark of each benchmark stage's `eval_report.json` ("" when none)."""
+  from veripo_jax.rl.artifacts import stage_dir
+  rows, reports = [], []
+  for name in stage_order:
+    path = os.path.join(stage_dir(workdir, name), "eval_report.json")
+    if not os.path.exists(path):
+      continue
+    with open(path, encoding="utf-8") as f:
+      report = json.load(f)
+    reports.append(os.path.join(os.path.dirname(path), "eval_report.md"))
+    pct = lambda v: NA if v is None else f"{100 * v:.1f}"
+    for b in report.get("benchmarks", []):
+      paper = ", ".join(f"{k} {v}" for k, v in list(b.get("paper", {}).items())[:2]) or NA
+      rows.append([name, b["benchmark"], NA if b["score"] is None else f"{b['score']:.1f}",
+                   paper, f"{b['scored']}/{b['items']}", pct(b["rule_inconsistency"]),
+                   pct(b["judge_inconsistency"])])
+  if not rows:
+    return ""
+  header = ["stage", "benchmark", "score", "paper", "scored/items", "rule incons. %",
+            "judge incons. %"]
+  return "\n".join(["Benchmarks (the authors' protocol and scoring):", *_table(header, rows),
+                    *(f"Eval report: {r}" for r in reports)])
+
+
 def run_summary(workdir: str, stage_order: Sequence[str]) -> str:
   """The summary of a finished run: from `WORKDIR/report.json` when it is there, else each
-  stage's status (done when its `done.json` exists)."""
+  stage's status (done when its `done.json` exists), then any benchmark stage's scores."""
+  benchmarks = benchmark_summary(workdir, stage_order)
+  text = _run_summary(workdir, stage_order)
+  return f"{benchmarks}\n\n{text}" if benchmarks else text
+
+
+def _run_summary(workdir: str, stage_order: Sequence[str]) -> str:
   md = os.path.join(workdir, REPORT_MD)
   path = os.path.join(workdir, REPORT_JSON)
   problem = f"{path} not found"
