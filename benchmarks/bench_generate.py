@@ -5,7 +5,8 @@ default) from the same weights; EOS is disabled so every row produces exactly
 `--new_tokens`. Compilation is timed separately and excluded from the steady-state figure.
 
   python benchmarks/bench_generate.py [--hidden 512 --layers 8 --vocab 32000 --batch 8
-                                       --prompt 128 --new_tokens 128 --repeats 5]
+                                       --prompt 128 --new_tokens 128 --repeats 5
+                                       --repetition_penalty 1.05]
 """
 
 import argparse
@@ -49,6 +50,8 @@ def main():
   for name, default in (("hidden", 512), ("layers", 8), ("vocab", 32000), ("batch", 8),
                         ("prompt", 128), ("new_tokens", 128), ("repeats", 5)):
     p.add_argument(f"--{name}", type=int, default=default)
+  p.add_argument("--repetition_penalty", type=float, default=1.0,
+                 help="both sides; 1.05 is the VerIPO eval setting (1 = off)")
   args = p.parse_args()
   hf = hf_model(args)
   ids = np.random.RandomState(0).randint(1, args.vocab - 8, (args.batch, args.prompt))
@@ -59,7 +62,8 @@ def main():
   n_tokens = args.batch * args.new_tokens
 
   def ours():
-    out = generate(model, batch, args.new_tokens, eos_token_ids=(-1,))
+    out = generate(model, batch, args.new_tokens, eos_token_ids=(-1,),
+                   repetition_penalty=args.repetition_penalty)
     jax.block_until_ready(out.tokens)
     return out
 
@@ -73,7 +77,8 @@ def main():
     with torch.no_grad():
       return hf.generate(input_ids=torch_ids, attention_mask=torch.ones_like(torch_ids),
                          max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                         do_sample=False, pad_token_id=0)
+                         do_sample=False, pad_token_id=0,
+                         repetition_penalty=args.repetition_penalty)
 
   ref = reference()
   # Alternate the two so that this VM's speed drift hits both alike; pair ratios show the spread.
@@ -84,7 +89,8 @@ def main():
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, torch threads "
         f"{torch.get_num_threads()}")
   print(f"config: hidden {args.hidden}, layers {args.layers}, vocab {args.vocab}, batch "
-        f"{args.batch}, prompt {args.prompt}, new tokens {args.new_tokens} (fp32, greedy)")
+        f"{args.batch}, prompt {args.prompt}, new tokens {args.new_tokens} (fp32, greedy, "
+        f"repetition penalty {args.repetition_penalty})")
   print(f"veripo_jax generate: {n_tokens / ours_s:9.1f} tokens/s  ({ours_s:.3f} s; first call "
         f"incl. compile {compile_s:.1f} s)")
   print(f"transformers generate: {n_tokens / ref_s:7.1f} tokens/s  ({ref_s:.3f} s)")

@@ -1,4 +1,5 @@
-"""KV-cache generation: parity with transformers generate, forking, sampling filters, EOS."""
+"""KV-cache generation: parity with transformers generate, forking, sampling filters, EOS,
+repetition penalty."""
 
 import jax
 import numpy as np
@@ -6,16 +7,18 @@ import pytest
 import torch
 
 from hf_reference import VIDEO, hf_inputs, left_pad, random_video, span
-from veripo_jax.inference import SamplingParams, filter_logits, generate
+from veripo_jax.inference import SamplingParams, filter_logits, generate, next_token
+from veripo_jax.inference.sampling import mark_seen, prompt_seen, repetition_penalty
 from veripo_jax.models.qwen2_5_vl.layers import cached_attention
 
 
-def video_prompts():
+def video_prompts(pad: int = 0):
+  """Two left-padded rows of different lengths, each with a video; `pad` fills the padding."""
   rng = np.random.RandomState(11)
   pv1, g1 = random_video(rng, 4, 56, 84)
   pv2, g2 = random_video(rng, 2, 84, 56)
   rows = [[3, 4, 5] + span(VIDEO, g1) + [6, 7, 8, 9], [10, 11] + span(VIDEO, g2) + [12]]
-  ids, mask = left_pad(rows)
+  ids, mask = left_pad(rows, pad)
   return {"input_ids": ids, "attention_mask": mask,
           "pixel_values_videos": np.concatenate([pv1, pv2]),
           "video_grid_thw": np.concatenate([g1, g2]),
@@ -125,6 +128,113 @@ def test_bad_sampling_params():
     SamplingParams(temperature=1.0, top_p=0.0)
   with pytest.raises(ValueError, match="temperature"):
     SamplingParams(temperature=-1.0)
+  for bad in (0.0, -1.05, float("nan")):
+    with pytest.raises(ValueError, match="repetition_penalty"):
+      SamplingParams(repetition_penalty=bad)
+  with pytest.raises(ValueError, match="repetition_penalty"):       # no seen-token table
+    next_token(np.zeros((1, 4), np.float32), jax.random.key(0),
+               SamplingParams(repetition_penalty=1.05))
+
+
+# --- repetition penalty ---------------------------------------------------------------------------
+
+def test_repetition_penalty_matches_transformers_generate(tiny_hf, tiny_model, greedy):
+  """Greedy with repetition_penalty equals transformers generate on left-padded video prompts.
+
+  The padding holds id 60, which row 1 emits second under penalties 1.5 and 3.0: penalising the
+  padding (transformers < 5 did; transformers 5 passes the padding length as
+  `prompt_ignore_length`) changes row 1's tokens, so this also pins the padding rule. 1.05 (the
+  VerIPO eval value) changes nothing on this random model; 1.5, 3.0 and 0.7 do.
+  """
+  hf = tiny_hf[0]
+  batch = video_prompts(pad=60)
+  n_prompt = batch["input_ids"].shape[1]
+  plain = np.asarray(greedy.tokens)
+  changed = []
+  for penalty in (1.05, 1.5, 3.0, 0.7):
+    out = generate(tiny_model, batch, 20, repetition_penalty=penalty, eos_token_ids=(1,),
+                   pad_token_id=0)
+    with torch.no_grad():
+      ref = hf.generate(**hf_inputs(batch), max_new_tokens=20, do_sample=False, eos_token_id=1,
+                        pad_token_id=0, repetition_penalty=penalty)[:, n_prompt:].numpy()
+    toks, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    assert lengths.min() >= 16, (penalty, lengths)
+    for row in range(2):
+      n = lengths[row]
+      np.testing.assert_array_equal(toks[row, :n], ref[row, :n], err_msg=f"penalty {penalty}")
+    changed.append(not np.array_equal(toks, plain))
+  assert changed[1:] == [True, True, True], changed     # the test can see the penalty
+  # The returned log-probs stay the model's own (unpenalised) log_softmax.
+  ids = np.concatenate([batch["input_ids"], toks[:, :8]], 1)
+  mask = np.concatenate([batch["attention_mask"], np.ones_like(toks[:, :8])], 1)
+  logits = np.asarray(tiny_model(**{**batch, "input_ids": ids, "attention_mask": mask}))
+  logp = np.asarray(jax.nn.log_softmax(logits[:, n_prompt - 1:-1], -1))
+  np.testing.assert_allclose(np.asarray(out.logprobs)[:, :8],
+                             np.take_along_axis(logp, toks[:, :8, None], -1)[..., 0], atol=2e-5)
+  # Sampling with top_k 1 is the penalised greedy path, for every forked sample.
+  forked = generate(tiny_model, batch, 20, repetition_penalty=0.7, temperature=1.0, top_k=1,
+                    num_samples=2, rng=jax.random.key(5), eos_token_ids=(1,), pad_token_id=0)
+  np.testing.assert_array_equal(np.asarray(forked.tokens), np.repeat(toks, 2, axis=0))
+
+
+def test_repetition_penalty_by_hand():
+  """Seen ids: the prompt's real tokens (not its padding, not ids outside the vocabulary), each
+  counted once however often it occurs, then each emitted token."""
+  logits = np.array([[2.0, -1.0, 0.5, -3.0, 0.0, 4.0, 1.0, -2.0],
+                     [2.0, -1.0, 0.5, -3.0, 0.0, 4.0, 1.0, -2.0]], np.float32)
+  ids = np.array([[5, 5, 1, 1, 1, 3, 4, 9],      # two pads (id 5), 1 three times, 9 >= V
+                  [7, 7, 7, 0, 2, 6, 0, -1]])
+  mask = np.array([[0, 0, 1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1, 1]])
+  seen = prompt_seen(ids, mask, 8)
+  np.testing.assert_array_equal(np.asarray(seen), [[0, 1, 0, 1, 1, 0, 0, 0],
+                                                   [1, 0, 1, 0, 0, 0, 1, 1]])
+  got = np.asarray(repetition_penalty(logits, seen, 2.0))
+  np.testing.assert_array_equal(got, [[2.0, -2.0, 0.5, -6.0, 0.0, 4.0, 1.0, -2.0],
+                                      [1.0, -1.0, 0.25, -3.0, 0.0, 4.0, 0.5, -4.0]])
+  np.testing.assert_array_equal(np.asarray(repetition_penalty(logits, seen, 0.5))[0],
+                                [2.0, -0.5, 0.5, -1.5, 0.0, 4.0, 1.0, -2.0])
+  seen = mark_seen(seen, np.array([5, 1], np.int32))
+  np.testing.assert_array_equal(np.asarray(seen), [[0, 1, 0, 1, 1, 1, 0, 0],
+                                                   [1, 1, 1, 0, 0, 0, 1, 1]])
+  # transformers' processor on the same ids (its padding rule: ignore the leading padding).
+  from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+  # It cannot take the id -1: 0 stands in for it, already seen in that row.
+  ids_t = np.concatenate([np.clip(ids, 0, None), [[5], [1]]], 1)        # the emitted tokens
+  proc = RepetitionPenaltyLogitsProcessor(2.0, prompt_ignore_length=torch.tensor([2, 1]))
+  ref = proc(torch.tensor(ids_t), torch.tensor(logits)).numpy()
+  np.testing.assert_array_equal(np.asarray(repetition_penalty(logits, seen, 2.0)), ref)
+
+
+def test_repetition_penalty_comes_before_temperature_and_filters():
+  """next_token = transformers' chain repetition penalty -> temperature -> top-k. (Penalty and
+  temperature commute, both keep the sign; top-k does not: the seen top token, penalised below
+  the second, must lose.)"""
+  from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor,
+                                                      TemperatureLogitsWarper, TopKLogitsWarper)
+  rng = np.random.RandomState(0)
+  logits = (rng.randn(64, 50) * 3).astype(np.float32)
+  ids = rng.randint(0, 50, (64, 12))
+  seen = prompt_seen(ids, None, 50)
+  params = SamplingParams(temperature=0.7, top_k=5, repetition_penalty=1.8)
+  x = torch.tensor(logits)
+  for proc in (RepetitionPenaltyLogitsProcessor(1.8), TemperatureLogitsWarper(0.7),
+               TopKLogitsWarper(5)):
+    x = proc(torch.tensor(ids), x)
+  ref = x.numpy()
+  got = np.asarray(filter_logits(repetition_penalty(logits, seen, 1.8), params))
+  np.testing.assert_array_equal(np.isfinite(got), np.isfinite(ref))
+  np.testing.assert_allclose(got[np.isfinite(got)], ref[np.isfinite(ref)], rtol=1e-6)
+  key = jax.random.key(4)
+  np.testing.assert_array_equal(np.asarray(next_token(logits, key, params, seen)),
+                                np.asarray(jax.random.categorical(key, got, axis=-1)))
+  # The top token is seen; penalised it falls below the runner-up, which top_k 1 must pick.
+  top = np.array([[3.0, 2.0, 1.0, -1.0]], np.float32)
+  seen = prompt_seen(np.array([[0]]), None, 4)
+  for temperature in (0.0, 0.5, 2.0):
+    params = SamplingParams(temperature=temperature, top_k=1, repetition_penalty=2.0)
+    assert int(next_token(top, jax.random.key(0), params, seen)[0]) == 1
+    assert int(next_token(top, jax.random.key(0), SamplingParams(temperature, top_k=1),
+                          seen)[0]) == 0
 
 
 def test_cached_attention_against_numpy():
