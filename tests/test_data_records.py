@@ -98,6 +98,20 @@ def test_eval_builder_reports_each_missing_video(tmp_path):
         in message
 
 
+def test_missing_videos_are_summarised_not_listed(tmp_path):
+  items = [dict(question_id=f"q{i}", video_path=f"v{i}.mp4", question="Q?", answer="A",
+                processed_question="Q?\nA. x\nB. y") for i in range(40)]
+  path = tmp_path / "many.json"
+  path.write_text(json.dumps(items))
+  builder = VeripoEvalBuilder(split_files={"test": str(path)}, media_root=str(tmp_path / "v"),
+                              data_dir=str(tmp_path / "tfds"), file_format="array_record")
+  with pytest.raises(MissingMediaError) as e:
+    builder.download_and_prepare()
+  lines = str(e.value).splitlines()
+  assert lines[0].startswith("40 media file(s) not found")
+  assert len(lines) == 7 and lines[-1] == "... and 35 more"
+
+
 def test_eval_builder_builds_with_video_root(tmp_path):
   path, items = _eval_subset(tmp_path)
   for item in items[:2]:

@@ -40,6 +40,12 @@ def _stored(record: Mapping, media: bytes) -> dict:
   return out
 
 
+
+def _first(lines: list[str], limit: int = 5) -> str:
+  """A few of many lines (a benchmark without its videos would list thousands)."""
+  more = f"\n... and {len(lines) - limit} more" if len(lines) > limit else ""
+  return "\n".join(lines[:limit]) + more
+
 class MissingMediaError(DataFormatError):
   """Media files named by a question file are absent; the message lists every one."""
 
@@ -116,9 +122,10 @@ class QuestionFileBuilder(QABuilder, skip_registration=True):
       splits[split] = self._read_media(kept)
     if missing and not self._allow_missing:
       raise MissingMediaError(f"{len(missing)} media file(s) not found (pass "
-                              f"allow_missing_media to skip them):\n" + "\n".join(missing))
-    for line in missing:
-      logging.warning("skipped: %s", line)
+                              f"allow_missing_media to skip them):\n" + _first(missing))
+    if missing:
+      logging.warning("skipped %d example(s) whose media are missing:\n%s", len(missing),
+                      _first(missing))
     return splits
 
   def _read_media(self, records: list[dict]):
