@@ -1,8 +1,10 @@
 """Images and videos -> `pixel_values`, `grid_thw`, `second_per_grid_t`, the Qwen2.5-VL way.
 
-Resizing happens here with PIL bicubic (the official qwen-vl-utils path), so the model-side
-processor never resizes again; every limit is a `VisionSettings` field so fps, frame counts and
-pixel budgets stay train-time choices rather than dataset-build-time ones.
+Resizing happens here, as qwen-vl-utils does it, so the model-side processor never resizes again:
+images with PIL bicubic, video frames with torchvision's antialiased bicubic on tensors (ported to
+numpy in `resize.py`; PIL's would differ from it by up to ~11-13 levels on real footage, in ~7%
+of values). Every limit is a `VisionSettings` field so fps, frame counts and pixel budgets stay
+train-time choices rather than dataset-build-time ones.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from veripo_jax.data import qwen_rules
+from veripo_jax.data import qwen_rules, resize
 from veripo_jax.data.errors import BadExampleError
 from veripo_jax.data.patches import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize, patchify
 from veripo_jax.data.video import VideoSource, decode_frames
 
 _PIXELS_28 = 28 * 28
+VIDEO_RESIZE_MODES = ("torchvision", "pil")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,15 @@ class VisionSettings:
   max_aspect_ratio: float = 200
   image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
   image_std: tuple[float, float, float] = OPENAI_CLIP_STD
+  # How video frames are resized: "torchvision" is qwen-vl-utils' tensor resize (bicubic,
+  # antialiased, clamped and rounded to integers), what Qwen2.5-VL checkpoints and vLLM-based
+  # evaluation see; "pil" is PIL bicubic per frame, this port's earlier behaviour.
+  video_resize: str = "torchvision"
+
+  def __post_init__(self):
+    if self.video_resize not in VIDEO_RESIZE_MODES:
+      raise ValueError(f"VisionSettings.video_resize must be one of {VIDEO_RESIZE_MODES}, "
+                       f"got {self.video_resize!r}")
 
   @property
   def factor(self) -> int:
@@ -94,7 +106,22 @@ def resize_frames(frames: list[Image.Image], height: int, width: int) -> np.ndar
       np.asarray(f.resize((width, height), Image.Resampling.BICUBIC)) for f in frames])
 
 
+def resize_video_frames(frames: list[Image.Image], height: int, width: int,
+                        mode: str = "torchvision") -> np.ndarray:
+  """Video frames -> uint8 (F, height, width, 3), resized the `VisionSettings.video_resize` way.
+
+  "torchvision" gives the values qwen-vl-utils hands the processor (there as float32 integers).
+  """
+  if mode == "pil":
+    return resize_frames(frames, height, width)
+  if mode != "torchvision":
+    raise ValueError(f"VisionSettings.video_resize must be one of {VIDEO_RESIZE_MODES}, "
+                     f"got {mode!r}")
+  return resize.resize_video(np.stack([np.asarray(f) for f in frames]), height, width)
+
+
 def _to_visual(frames: np.ndarray, settings: VisionSettings, **extra) -> VisualInput:
+  """(F, H, W, 3) pixel values in 0..255 (uint8, or float as the processor would get them)."""
   x = normalize(frames, settings.image_mean, settings.image_std)
   pixel_values, grid = patchify(x, settings.patch_size, settings.temporal_patch_size,
                                 settings.merge_size)
@@ -132,6 +159,6 @@ def process_video(source: VideoSource, settings: VisionSettings) -> VisualInput:
       first.height, first.width, settings.factor, settings.video_min_pixels, cap,
       settings.max_aspect_ratio)
   fps = qwen_rules.sampled_fps(n, decoded.total_frames, decoded.video_fps)
-  return _to_visual(resize_frames(decoded.frames, height, width), settings,
-                    second_per_grid_t=settings.temporal_patch_size / fps, sample_fps=fps,
-                    frame_indices=decoded.indices)
+  frames = resize_video_frames(decoded.frames, height, width, settings.video_resize)
+  return _to_visual(frames, settings, second_per_grid_t=settings.temporal_patch_size / fps,
+                    sample_fps=fps, frame_indices=decoded.indices)
