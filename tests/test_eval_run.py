@@ -5,6 +5,7 @@ recomputed from the predictions; a killed run resumed writes exactly the uninter
 import importlib.util
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -167,3 +168,23 @@ def test_judge_verdicts_fall_back_to_the_rule():
   assert [r.get("judge_verdict") for r in records] == ["inconsistent", "inconsistent",
                                                        "consistent", None]
   assert [r.get("judge_fallback") for r in records] == [False, True, True, None]
+
+
+@pytest.mark.slow
+def test_a_served_judge_answers_and_its_failures_fall_back(world):
+  """The eval's judge path against a real JetStream server: the tiny random judge never says
+  Yes or No, so every verdict falls back to the rule, and is counted as such."""
+  from veripo_jax.data.prompts import JUDGE_PROMPT
+  from veripo_jax.rl.verifier_stage import JudgeConfig, serve_judge
+  ctx = types.SimpleNamespace(tokenizer=None)
+  judge_cfg = JudgeConfig(checkpoint=world["ckpt"], max_decode_length=8, max_prefill_length=256)
+  records = [{"response": "<think>so the answer is A</think><answer>A</answer>",
+              "rule_consistent": True},
+             {"response": "<think>so the answer is A</think><answer>B</answer>",
+              "rule_consistent": False}]
+  with serve_judge(ctx, judge_cfg, JUDGE_PROMPT, 4) as judge:
+    replies = judge.verdicts([("so the answer is A", "A")])
+    judge_records(records, judge)
+  assert isinstance(replies[0], str)                 # the server answered (with noise)
+  assert [r["judge_fallback"] for r in records] == [True, True]
+  assert [r["judge_verdict"] for r in records] == ["consistent", "inconsistent"]

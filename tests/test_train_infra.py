@@ -230,6 +230,17 @@ def test_progress_logs_lines_when_not_a_terminal(caplog):
   assert rollouts[-1].startswith("rollouts: 5/5 (100%) ") and "done in" in rollouts[-1]
   build = [m for m in messages if m.startswith("build: ")]
   assert len(build) == 1 and build[0].startswith("build: 3 ")  # no total known: a count
+  assert "ETA" in rollouts[1] and "ETA" not in rollouts[-1]
+
+
+def test_progress_counts_items_of_batches(caplog):
+  batches = [[1, 2, 3], [4, 5], [6]]
+  with caplog.at_level(logging.INFO):
+    assert list(progress(batches, total=6, desc="eval", unit="item", size=len,
+                         log_every_s=0.0)) == batches
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("eval: ")]
+  assert [ln.split()[1] for ln in lines] == ["3/6", "5/6", "6/6", "6/6"]
+  assert "item/s" in lines[0]
 
 
 def _signal_stops_guard(sig, **kwargs):

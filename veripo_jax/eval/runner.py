@@ -235,8 +235,9 @@ def evaluate_benchmark(data: BenchmarkData, cfg: BenchmarkEvalConfig, ectx: Eval
     return 0
   prepare = lambda item: prepare_item(item, cfg, ectx.vision, ectx.encoder)
   written = 0
-  bar = progress(batches(items, cfg, prepare, done), total=-(-todo // cfg.batch_size),
-                 desc=f"eval {data.name}")
+  bar = progress(batches(items, cfg, prepare, done), total=todo, desc=f"eval {data.name}",
+                 unit="item", size=lambda chunk: sum(p.item.question_id not in done
+                                                     for p in chunk))
   for chunk in bar:
     records = [{"benchmark": p.item.benchmark, "question_id": p.item.question_id,
                 "skipped": p.error} for p in chunk if p.prompt_ids is None]

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import jax
 import numpy as np
@@ -174,11 +174,13 @@ def read_metrics(workdir_or_path: str | os.PathLike, stage: str | None = None) -
 
 
 def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
-             log_every_s: float = 30.0) -> Iterator[T]:
-  """Yields `iterable`'s items, showing progress: a tqdm bar when stderr is a terminal, else an
-  absl log line ("desc: 12/64 (19%) 3.1 it/s") at most every `log_every_s` seconds and one at
-  the end. Only process 0 shows anything."""
-  if total is None:
+             log_every_s: float = 30.0, unit: str = "it",
+             size: Callable[[T], int] | None = None) -> Iterator[T]:
+  """Yields `iterable`'s elements, showing progress: a tqdm bar when stderr is a terminal, else
+  an absl log line ("desc: 12/64 (19%) 3.1 it/s, ETA 17 s") at most every `log_every_s` seconds
+  and one at the end. With `size`, an element counts `size(element)` units (a batch of items:
+  `total` and the rate are then in items). Only process 0 shows anything."""
+  if total is None and size is None:
     try:
       total = len(iterable)  # type: ignore[arg-type]
     except TypeError:
@@ -186,29 +188,35 @@ def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
   if _process_index() != 0:
     yield from iterable
     return
+  count = size or (lambda element: 1)
   if sys.stderr.isatty():
     import tqdm
-    yield from tqdm.tqdm(iterable, total=total, desc=desc or None, dynamic_ncols=True)
+    with tqdm.tqdm(total=total, desc=desc or None, unit=unit, dynamic_ncols=True) as bar:
+      for element in iterable:
+        yield element
+        bar.update(count(element))
     return
   start = last = time.monotonic()
   n = 0
-  for item in iterable:
-    yield item
-    n += 1
+  for element in iterable:
+    yield element
+    n += count(element)
     now = time.monotonic()
     if now - last >= log_every_s:
-      logging.info("%s", _progress_line(desc, n, total, now - start))
+      logging.info("%s", _progress_line(desc, n, total, now - start, unit))
       last = now
   elapsed = time.monotonic() - start
-  logging.info("%s, done in %.1f s", _progress_line(desc, n, total, elapsed), elapsed)
+  logging.info("%s, done in %.1f s", _progress_line(desc, n, total, elapsed, unit), elapsed)
 
 
 # -------------------------------------------------------------------------------------------------
 
-def _progress_line(desc: str, n: int, total: int | None, elapsed: float) -> str:
+def _progress_line(desc: str, n: int, total: int | None, elapsed: float, unit: str = "it"
+                   ) -> str:
   rate = n / elapsed if elapsed > 0 else 0.0
   count = f"{n}/{total} ({100 * n // total}%)" if total else f"{n}"
-  return f"{desc + ': ' if desc else ''}{count} {rate:.3g} it/s"
+  eta = f", ETA {(total - n) / rate:.0f} s" if total and rate and n < total else ""
+  return f"{desc + ': ' if desc else ''}{count} {rate:.3g} {unit}/s{eta}"
 
 
 def _process_index() -> int:
