@@ -236,6 +236,10 @@ def _world_tokenizer(tmp_path):
      "config.data: unknown field(s) ['synthetic']; known: ['dataset_dir', 'source',"),
     (lambda c: setattr(c.model, "preset", "tinyy"),
      "config.model.preset: unknown 'tinyy' (did you mean 'tiny'?)"),
+    (lambda c: setattr(c.model, "family", "qwen25_vl"),
+     "config.model.family: unknown 'qwen25_vl' (did you mean 'qwen2_5_vl'?)"),
+    (lambda c: setattr(c.stages.grpo, "pairs", "verifier"),
+     "config.stages.grpo.pairs: a grpo stage reads no pairs"),
 ])
 def test_plan_refuses_with_one_message_naming_the_field(change, message):
   """Whichever stage it is in (the last one included), a mistake stops `plan`, which the loop

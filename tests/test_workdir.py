@@ -4,6 +4,7 @@ import os
 import shutil
 
 import ml_collections
+import pytest
 
 from veripo_jax.data.sources import prepare_data
 
@@ -30,3 +31,16 @@ def test_world_resolves_after_move_and_from_another_cwd(tmp_path, monkeypatch):
   assert os.path.isdir(dataset_dir) and os.path.isdir(tokenizer_dir)
   assert os.path.realpath(dataset_dir).startswith(os.path.realpath(moved))
   assert not os.path.exists(first)
+
+
+def test_a_stage_input_that_is_not_there_names_the_field(tmp_path):
+  """The loop reads every declared stage input the same way; a missing one is a config error
+  naming the stage's field and the file."""
+  from veripo_jax.config_utils import ConfigError
+  from veripo_jax.rl.loop import make_stage
+  from veripo_jax.rl.plan import PlannedStage
+  planned = PlannedStage("dpo", "dpo", config=None, inputs=(("pairs", "verifier"),))
+  ctx = type("Ctx", (), {"workdir": str(tmp_path)})()
+  with pytest.raises(ConfigError, match=r"^config\.stages\.dpo\.pairs: .*verifier/pairs\.jsonl "
+                                        r"does not exist \(did stage 'verifier' finish\?\)"):
+    make_stage(ctx, planned)

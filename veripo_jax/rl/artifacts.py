@@ -21,6 +21,7 @@ import os
 from typing import Sequence
 
 from veripo_jax.fileio import write_json_atomic
+from veripo_jax.rl.pairs import read_pairs
 
 STAGES_DIR = "stages"
 DONE_FILE = "done.json"
@@ -45,6 +46,22 @@ def pairs_file(workdir: str, name: str) -> str:
   return os.path.join(stage_dir(workdir, name), PAIRS_FILE)
 
 
+def is_path(value: str) -> bool:
+  """A checkpoint or file path (else a stage name)."""
+  return "/" in value or os.sep in value or "://" in value
+
+
+def read_stage_input(workdir: str, field: str, ref: str):
+  """What a stage's `field` (a stage input, `STAGE_INPUTS`) names: an earlier stage's artifact
+  (`ref` = its name) or a file (`ref` = a path), read. A missing file names the field."""
+  from veripo_jax.config_utils import ConfigError
+  file_of, read = STAGE_INPUTS[field]
+  path = ref if is_path(ref) else file_of(workdir, ref)
+  if not os.path.exists(path):
+    raise ConfigError(f"{field}: {path} does not exist (did stage {ref!r} finish?)")
+  return read(path)
+
+
 def write_discarded(directory: str, easy: Sequence[int], discarded: Sequence[int],
                     fraction: float, seed: int) -> None:
   write_json_atomic(os.path.join(directory, DISCARD_FILE),
@@ -66,3 +83,8 @@ def read_discarded(workdir: str, stage_names: Sequence[str]) -> list[int]:
       except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a discard file ({e})") from e
   return sorted(out)
+
+
+# Stage inputs the loop resolves for any stage kind that declares them (`StageKind.inputs`):
+# field -> (the file stage `name` leaves in the workdir, its reader).
+STAGE_INPUTS = {"pairs": (pairs_file, read_pairs)}

@@ -26,8 +26,7 @@ from veripo_jax.data.sources import prepare_data
 from veripo_jax.data.tokenization import load_tokenizer
 from veripo_jax.models import CausalLM, get_family
 from veripo_jax.parallel.sharding import make_mesh, merge_rules, shard_model
-from veripo_jax.rl.artifacts import pairs_file, stage_dir
-from veripo_jax.rl.pairs import read_pairs
+from veripo_jax.rl.artifacts import read_stage_input, stage_dir
 from veripo_jax.rl.plan import PlannedStage, is_path, plan
 from veripo_jax.rl.recorded_config import (check_data, check_stages, record_stage,
                                            set_aside)
@@ -79,16 +78,14 @@ def load_policy(cfg, path: str, config, mesh, rules) -> CausalLM:
 
 
 def make_stage(ctx: RunContext, planned: PlannedStage) -> Stage:
-  stage_cls = STAGE_KINDS[planned.kind].stage_cls
-  if planned.kind != "dpo":
-    return stage_cls(ctx, planned.name, planned.config)
-  pairs = planned.pairs
-  if not is_path(pairs):
-    pairs = pairs_file(ctx.workdir, pairs)
-  if not os.path.exists(pairs):
-    raise ConfigError(f"config.stages.{planned.name}.pairs: {pairs} does not exist (did the "
-                      "verifier stage finish?)")
-  return stage_cls(ctx, planned.name, planned.config, read_pairs(pairs))
+  """The stage, given the inputs its kind declares, read from the earlier stages named."""
+  inputs = {}
+  for field, ref in planned.inputs:
+    try:
+      inputs[field] = read_stage_input(ctx.workdir, field, ref)
+    except ConfigError as e:
+      raise ConfigError(f"config.stages.{planned.name}.{e}") from e
+  return STAGE_KINDS[planned.kind].stage_cls(ctx, planned.name, planned.config, **inputs)
 
 
 def stage_init(planned: PlannedStage, current: str, ctx: RunContext) -> str:

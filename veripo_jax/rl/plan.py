@@ -9,13 +9,13 @@ run before the first one starts, not after it.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 from veripo_jax.config_utils import ConfigError, closest, from_config, reject_unknown
 from veripo_jax.data.sources import check_source
 from veripo_jax.models import FAMILIES
 from veripo_jax.parallel.sharding import merge_rules
+from veripo_jax.rl.artifacts import STAGE_INPUTS, is_path
 from veripo_jax.rl.stage_kinds import STAGE_KINDS, training_kinds
 
 # Fields of `config.stages.<name>` the loop reads itself (the rest go to the kind's config):
@@ -24,9 +24,11 @@ from veripo_jax.rl.stage_kinds import STAGE_KINDS, training_kinds
 #              a stage name = that stage's exported policy, else a checkpoint directory;
 #   hands_off  whether the stage's exported policy becomes the current policy (default: the
 #              kind's; a judge trained by an sft stage sets False);
-#   pairs      (dpo) a verifier stage's name, or a pairs.jsonl path;
-#   model      (init="fresh") the stage model's own preset/text/vision, e.g. a smaller judge.
-RUNNER_FIELDS = ("kind", "init", "hands_off", "pairs", "model")
+#   model      (init="fresh") the stage model's own preset/text/vision, e.g. a smaller judge;
+# and the stage inputs its kind declares (`StageKind.inputs`), e.g. a dpo stage's
+#   pairs      a verifier stage's name, or a pairs.jsonl path.
+RUNNER_FIELDS = ("kind", "init", "hands_off", "model")
+INPUT_FIELDS = tuple(STAGE_INPUTS)
 _MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -37,12 +39,10 @@ class PlannedStage:
   config: Any                  # the kind's config dataclass
   init: str = ""
   hands_off: bool = True       # its exported policy becomes the current one
-  pairs: str = ""
+  inputs: tuple[tuple[str, str], ...] = ()   # (field, stage name or path) it reads
 
-
-def is_path(value: str) -> bool:
-  """A checkpoint or file path (else a stage name)."""
-  return "/" in value or os.sep in value or "://" in value
+  def input(self, field: str) -> str:
+    return dict(self.inputs).get(field, "")
 
 
 def _check_run_sections(cfg) -> None:
@@ -76,16 +76,17 @@ def _build(cfg, name: str) -> PlannedStage:
     raise ConfigError(f"config.stages.{name}.kind: unknown {kind!r}{closest(kind, STAGE_KINDS)}; "
                       f"known: {sorted(STAGE_KINDS)}")
   config_cls, stage_cls = STAGE_KINDS[kind].config_cls, STAGE_KINDS[kind].stage_cls
-  fields = {k: v for k, v in section.items() if k not in RUNNER_FIELDS}
+  fields = {k: v for k, v in section.items() if k not in RUNNER_FIELDS + INPUT_FIELDS}
   hands_off = section.get("hands_off")
   if hands_off is not None and not isinstance(hands_off, bool):
     raise ConfigError(f"config.stages.{name}.hands_off: true or false, not {hands_off!r}")
-  if "pairs" in section and kind != "dpo":
-    raise ConfigError(f"config.stages.{name}.pairs: only a dpo stage reads pairs")
+  for field in INPUT_FIELDS:
+    if field in section and field not in STAGE_KINDS[kind].inputs:
+      raise ConfigError(f"config.stages.{name}.{field}: a {kind} stage reads no {field}")
   return PlannedStage(name, kind, from_config(config_cls, fields, f"config.stages.{name}"),
                       init=section.get("init", ""),
                       hands_off=stage_cls.hands_off if hands_off is None else hands_off,
-                      pairs=section.get("pairs", ""))
+                      inputs=tuple((f, section.get(f, "")) for f in STAGE_KINDS[kind].inputs))
 
 
 def _check_references(cfg, stages: dict[str, PlannedStage]) -> None:
@@ -111,8 +112,8 @@ def _check_references(cfg, stages: dict[str, PlannedStage]) -> None:
         raise ConfigError(f"config.stages.{name}.model: an architecture of its own needs "
                           f"init='fresh' (the stage starts from {stage.init or 'the policy'})")
       reject_unknown(model, ("preset", "text", "vision"), f"config.stages.{name}.model")
-    if stage.kind == "dpo" and not is_path(stage.pairs):
-      verifier = earlier(name, "pairs", stage.pairs, ("verifier",))
+    if stage.kind == "dpo" and not is_path(stage.input("pairs")):
+      verifier = earlier(name, "pairs", stage.input("pairs"), ("verifier",))
       # Pairs name their prompts' dataset and split; DPO must encode them as the sampler saw
       # them.
       _same_data(name, c.data, stages[verifier.config.rollouts_from], ("template", "vision"),

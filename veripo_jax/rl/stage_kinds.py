@@ -21,6 +21,9 @@ class StageKind:
   # (metric, trained sequences per value) that time one step, in order of preference.
   step_times: tuple[tuple[str, int], ...] = ()
   metric_prefixes: tuple[str, ...] = ()   # metric prefixes besides the kind's name
+  # Fields of its section naming an earlier stage's artifact (or a file) that the loop reads
+  # and passes to `stage(ctx, name, config, **inputs)` (`rl.artifacts.STAGE_INPUTS`).
+  inputs: tuple[str, ...] = ()
 
   @property
   def config_cls(self) -> type:
@@ -49,7 +52,8 @@ STAGE_KINDS: dict[str, StageKind] = {
     "grpo": _builtin("grpo", "GRPOConfig", "GRPOStage", trains=True,
                      step_times=(("time/response_s", 1), ("time/sample_s", 1))),
     "dpo": _builtin("dpo", "DPOConfig", "DPOStage", trains=True,
-                    step_times=(("time/sequence_s", 1), ("time/sample_s", 2))),
+                    step_times=(("time/sequence_s", 1), ("time/sample_s", 2)),
+                    inputs=("pairs",)),
     "eval": _builtin("evaluate", "EvalConfig", "EvalStage"),
     "verifier": _builtin("verifier_stage", "VerifierStageConfig", "VerifierStage",
                          metric_prefixes=("judge",)),
@@ -62,13 +66,14 @@ STAGE_KINDS: dict[str, StageKind] = {
 
 def register_stage_kind(kind: str, config_cls: type, stage_cls: type, *, trains: bool = False,
                         step_times: tuple[tuple[str, int], ...] = (),
-                        metric_prefixes: tuple[str, ...] = ()) -> None:
+                        metric_prefixes: tuple[str, ...] = (),
+                        inputs: tuple[str, ...] = ()) -> None:
   """Makes `kind` a stage kind: `config_cls` types its section, `stage_cls(ctx, name, config)`
   runs it (a `rl.stage.Stage`); the rest tells the report how to cost it."""
   if kind in STAGE_KINDS:
     raise ValueError(f"stage kind {kind!r} is already registered")
   STAGE_KINDS[kind] = StageKind(config_cls, stage_cls, trains, tuple(step_times),
-                                tuple(metric_prefixes))
+                                tuple(metric_prefixes), tuple(inputs))
 
 
 def training_kinds() -> tuple[str, ...]:
