@@ -14,14 +14,10 @@ from typing import Sequence
 import numpy as np
 
 from veripo_jax.buckets import bucket
+from veripo_jax.data.schema import TEXT_FIELDS
 from veripo_jax.data.tokenization import SpecialIds
 from veripo_jax.models.qwen2_5_vl.rope_index import get_rope_index
 
-# What a batch row carries besides its arrays: the whole example as the rewards, the verifier
-# and the evaluations read it. `source_index` is the example's position in its split (finds it
-# again, e.g. for DPO pairs).
-TEXT_FIELDS = ("id", "answer", "problem_type", "data_type", "task")
-EXAMPLE_FIELDS = TEXT_FIELDS + ("options", "source_index")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,16 +18,14 @@ import grain
 import jax
 import numpy as np
 
-from veripo_jax.data.batching import EXAMPLE_FIELDS, BatchSpec, Collator
+from veripo_jax.data.batching import BatchSpec, Collator
 from veripo_jax.data.errors import BadExampleError
 from veripo_jax.data.prompts import PromptTemplates, get_templates
+from veripo_jax.data.schema import EXAMPLE_FIELDS, PATCH_FIELDS, ROW_FIELDS
 from veripo_jax.data.tokenization import PromptEncoder, SpecialIds, load_tokenizer
 from veripo_jax.data.vision import VisionSettings, process_image, process_video
 from veripo_jax.parallel.multihost import allgather_objects
 
-# Batch fields whose leading axis is the batch (or patch rows); position_ids is (3, B, L).
-_ROW_FIELDS = ("input_ids", "attention_mask", "response_mask", "next_position", "example_mask",
-               "pixel_values_videos", "pixel_values")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,7 +248,7 @@ def to_global(batch: Mapping[str, Any], mesh: jax.sharding.Mesh,
   ways = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
   out = dict(batch)
   for name, value in batch.items():
-    if name not in _ROW_FIELDS and name != "position_ids":
+    if name not in ROW_FIELDS + PATCH_FIELDS and name != "position_ids":
       continue
     rows = value.shape[1] if name == "position_ids" else value.shape[0]
     if (rows * jax.process_count()) % ways:

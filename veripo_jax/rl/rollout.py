@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from veripo_jax.fileio import read_jsonl, write_jsonl_atomic
+from veripo_jax.data.schema import DATASET_FIELDS, MODEL_FIELDS, REWARD_FIELDS
 from veripo_jax.inference import generate
 from veripo_jax.parallel.multihost import to_host
 from veripo_jax.parallel.sharding import DEFAULT_RULES
@@ -24,29 +25,22 @@ from veripo_jax.rl.losses import group_advantages
 from veripo_jax.rl.rewards import score_rollouts
 from veripo_jax.rl.verifier import rule_inconsistency_rate
 
-# The example fields each rollout record carries, so that its readers (rewards, the verifier,
-# the evaluations) need no dataset. Records written before `options`, `task` and `data_type`
-# were kept read as no options and empty strings.
-EXAMPLE_KEYS = ("answer", "problem_type", "options", "task", "data_type")
-DATASET_KEYS = ("dataset_dir", "split")
+# Each rollout record carries its example's REWARD_FIELDS, so that its readers (rewards, the
+# verifier, the evaluations) need no dataset. Records written before `options`, `task` and
+# `data_type` were kept read as no options and empty strings.
 
 
 def record_example(record: Mapping[str, Any]) -> dict:
-  """The example (`EXAMPLE_KEYS`) of a stored rollout record or of one batch row."""
+  """The example (`REWARD_FIELDS`) of a stored rollout record or of one batch row."""
   return {"answer": str(record["answer"]), "problem_type": str(record["problem_type"]),
           "options": list(record.get("options") or []), "task": str(record.get("task", "")),
           "data_type": str(record.get("data_type", ""))}
 
 
 def batch_examples(prompts: Mapping[str, Any]) -> list[dict]:
-  """Each prompt row's example from a batch (`data.batching.EXAMPLE_FIELDS`)."""
-  return [record_example({k: prompts[k][i] for k in EXAMPLE_KEYS if k in prompts})
+  """Each prompt row's example from a batch (`data.schema`)."""
+  return [record_example({k: prompts[k][i] for k in REWARD_FIELDS if k in prompts})
           for i in range(len(prompts["input_ids"]))]
-
-
-_GENERATE_FIELDS = ("input_ids", "attention_mask", "position_ids", "pixel_values",
-                    "image_grid_thw", "pixel_values_videos", "video_grid_thw",
-                    "second_per_grid_ts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +69,7 @@ class Rollouts:
   truncated: np.ndarray          # (N,) bool: hit max_new_tokens without EOS
   prompt_ids: list[str]
   source_index: np.ndarray       # (N,) the prompt's position in its dataset split
-  examples: list[dict]           # each response's example (`EXAMPLE_KEYS`): what rewards read
+  examples: list[dict]           # each response's example (`REWARD_FIELDS`): what rewards read
   # Where the prompts come from: {"dataset_dir", "split"} (`RunContext.dataset_ref`), which a
   # verifier's pairs carry on.
   dataset: dict = dataclasses.field(default_factory=dict)
@@ -116,7 +110,7 @@ class Rollouts:
                prompt_ids=[r["prompt_id"] for r in records],
                source_index=np.array([r["source_index"] for r in records], np.int64),
                examples=[record_example(r) for r in records],
-               dataset={k: records[0][k] for k in DATASET_KEYS if records and k in records[0]})
+               dataset={k: records[0][k] for k in DATASET_FIELDS if records and k in records[0]})
 
   def summary(self) -> dict[str, float]:
     real = self.lengths > 0
@@ -175,7 +169,7 @@ def collect_rollouts(model: nnx.Module, prompts: Mapping[str, Any], tokenizer,
   """Samples G responses per prompt row, scores them, and computes group advantages.
   `dataset` ({"dataset_dir", "split"} of the prompts) is recorded with every response;
   `prepared`: the prompts' model inputs, when the caller prepared them (`generate`)."""
-  out = generate(model, {k: prompts[k] for k in _GENERATE_FIELDS if k in prompts},
+  out = generate(model, {k: prompts[k] for k in MODEL_FIELDS if k in prompts},
                  cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                  top_k=cfg.top_k, rng=rng, num_samples=cfg.num_samples,
                  eos_token_ids=eos_token_ids, pad_token_id=pad_token_id, mesh=mesh, rules=rules,

@@ -26,12 +26,12 @@ import numpy as np
 from flax import struct
 
 from veripo_jax.buckets import bucket
+from veripo_jax.data.schema import EXAMPLE_FIELDS, ROW_FIELDS
 from veripo_jax.models import CausalLM, family_of
 from veripo_jax.rl.losses import token_logprobs
 
-# Prompt-batch fields with one row per prompt (the loader's `Collator` output).
-_ROW_FIELDS = ("input_ids", "attention_mask", "next_position", "example_mask", "id", "answer",
-               "problem_type", "data_type", "task")
+# Prompt-batch fields with one row per prompt (the loader's `Collator` output; no responses).
+_ROW_FIELDS = tuple(f for f in ROW_FIELDS if f != "response_mask") + EXAMPLE_FIELDS
 
 
 @struct.dataclass
