@@ -51,6 +51,7 @@ def get_config(hardware="gpu"):
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "bfloat16"
   c.model.rope_mode = "legacy"
+  c.model.scan_layers = True             # one compiled layer, however deep the model
   c.mesh = ml_collections.ConfigDict(mesh)
   c.sharding_rules = ()
 

@@ -57,8 +57,10 @@ class ModelFamily:
   name: str
   config_class: type
   presets: Mapping[str, Any]
-  create: Callable[..., CausalLM]      # (config, *, dtype, param_dtype, rngs, rope_mode)
-  load: Callable[..., CausalLM]        # (path, *, dtype, param_dtype, mesh, rules, rope_mode)
+  # (config, *, dtype, param_dtype, rngs, rope_mode, scan_layers, remat_policy)
+  create: Callable[..., CausalLM]
+  # (path, *, dtype, param_dtype, mesh, rules, rope_mode, scan_layers, remat_policy)
+  load: Callable[..., CausalLM]
   save: Callable[[CausalLM, str], None]
   read_config: Callable[[str], Any]    # a checkpoint directory -> its config
   fit_to_tokenizer: Callable[[Any, Any], Any]

@@ -34,6 +34,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("patch", None),
     ("vision_tokens", None),
     ("cache_length", None),
+    ("layers", None),             # the stacked axis of scanned decoder layers and their cache
 )
 
 

@@ -69,11 +69,15 @@ def load_policy(cfg, path: str, config, mesh, rules) -> CausalLM:
   """A Hugging Face checkpoint directory, or (no path) a freshly initialised model."""
   dtype, param_dtype = jnp.dtype(cfg.model.dtype), jnp.dtype(cfg.model.param_dtype)
   family = model_family(cfg)
+  # Decoder layers in one lax.scan (flat compile time and activation memory in depth) and the
+  # remat policy of its body: `config.model.scan_layers` / `remat_policy`.
+  layers = dict(scan_layers=cfg.model.get("scan_layers", False),
+                remat_policy=cfg.model.get("remat_policy", "nothing_saveable"))
   if path:
     return family.load(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules,
-                       rope_mode=cfg.model.rope_mode)
+                       rope_mode=cfg.model.rope_mode, **layers)
   model = family.create(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(cfg.seed),
-                        rope_mode=cfg.model.rope_mode)
+                        rope_mode=cfg.model.rope_mode, **layers)
   return shard_model(model, mesh, rules)
 
 

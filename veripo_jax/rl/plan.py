@@ -14,6 +14,7 @@ from typing import Any
 from veripo_jax.config_utils import ConfigError, closest, from_config, reject_unknown
 from veripo_jax.data.sources import check_source
 from veripo_jax.models import FAMILIES
+from veripo_jax.parallel.remat import check_remat_policy
 from veripo_jax.parallel.sharding import merge_rules
 from veripo_jax.rl.artifacts import STAGE_INPUTS, is_path
 from veripo_jax.rl.stage_kinds import STAGE_KINDS, training_kinds
@@ -62,6 +63,13 @@ def _check_run_sections(cfg) -> None:
   if family not in FAMILIES:
     raise ConfigError(f"config.model.family: unknown {family!r}{closest(family, FAMILIES)}; "
                       f"known: {sorted(FAMILIES)}")
+  if not isinstance(cfg.model.get("scan_layers", False), bool):
+    raise ConfigError(f"config.model.scan_layers: true or false, not "
+                      f"{cfg.model.scan_layers!r}")
+  try:
+    check_remat_policy(cfg.model.get("remat_policy", "nothing_saveable"))
+  except ValueError as e:
+    raise ConfigError(f"config.model.{e}") from e
   presets = FAMILIES[family].presets
   preset = cfg.model.get("preset", "")
   if not cfg.model.get("checkpoint") and preset not in presets:

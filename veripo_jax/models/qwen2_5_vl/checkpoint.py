@@ -5,7 +5,9 @@ built abstractly (`nnx.eval_shape`), then each tensor is read, converted to the 
 layout, and placed into its sharding before the next one is read. Both key layouts are accepted:
 the on-disk one (`visual.*`, `model.layers.*`) and transformers 5.x in-memory names
 (`model.visual.*`, `model.language_model.*`). Saving writes the on-disk layout. A text-only
-Qwen2 / Qwen2.5 checkpoint (Qwen2ForCausalLM) is the same layout without `visual.*`.
+Qwen2 / Qwen2.5 checkpoint (Qwen2ForCausalLM) is the same layout without `visual.*`. A model
+with scanned (stacked) decoder layers reads and writes the same per-layer tensors, one layer's
+slice at a time.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from safetensors.numpy import save_file
 
 from veripo_jax.fileio import replace_dir, temp_dir_beside
@@ -164,22 +166,71 @@ def _place(array: np.ndarray, sharding) -> jax.Array:
   return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
 
 
+def _layer_slice(target: Path, flat) -> tuple[Path, int] | None:
+  """('layers', i, …) -> (('layers', …), i) when the model holds the layers stacked (scanned)."""
+  if len(target) > 2 and target[0] == "layers" and isinstance(target[1], int):
+    stacked = ("layers",) + target[2:]
+    if stacked in flat and 0 <= target[1] < flat[stacked].get_value().shape[0]:
+      return stacked, target[1]
+  return None
+
+
+def _slice_sharding(sharding):
+  """The sharding of one slice along a stacked parameter's leading (layer) axis."""
+  if isinstance(sharding, NamedSharding):
+    return NamedSharding(sharding.mesh, P(*tuple(sharding.spec)[1:]))
+  return sharding
+
+
+class _StackedLoader:
+  """Fills stacked (scanned-layer) parameters slice by slice, in place on device: each arriving
+  layer tensor is placed on its own and written into slice i of its parameter's final buffer
+  (allocated once, zero-filled, the update donating it), so the host never holds more than one
+  layer's tensor and no unstacked copy of the layers exists on device either."""
+
+  def __init__(self):
+    self.arrays: dict[Path, jax.Array] = {}
+    self.seen: set[tuple[Path, int]] = set()
+    self._fns: dict = {}
+
+  def _fn(self, kind: str, sharding):
+    key = (kind, sharding)
+    if key not in self._fns:
+      if kind == "zeros":
+        self._fns[key] = jax.jit(jnp.zeros, static_argnums=(0, 1), out_shardings=sharding)
+      else:
+        update = lambda stacked, value, i: jax.lax.dynamic_update_index_in_dim(
+            stacked, value, i, 0)
+        self._fns[key] = jax.jit(update, donate_argnums=0, out_shardings=sharding)
+    return self._fns[key]
+
+  def put(self, path: Path, layer: int, array: np.ndarray, like, sharding) -> None:
+    if path not in self.arrays:
+      self.arrays[path] = self._fn("zeros", sharding)(like.shape, like.dtype)
+    value = _place(array, _slice_sharding(sharding))
+    self.arrays[path] = self._fn("update", sharding)(self.arrays[path], value, np.int32(layer))
+    self.seen.add((path, layer))
+
+
 def load_hf_checkpoint(path: str | os.PathLike, dtype=jnp.float32, mesh: Mesh | None = None, *,
                        param_dtype=None, rules: LogicalRules = DEFAULT_RULES,
-                       rope_mode: str = "legacy",
-                       attention_implementation: str | None = None) -> Qwen25VL:
+                       rope_mode: str = "legacy", attention_implementation: str | None = None,
+                       scan_layers: bool = False,
+                       remat_policy: str = "nothing_saveable") -> Qwen25VL:
   """Loads a local HF Qwen2.5-VL (or text-only Qwen2) directory into a Qwen25VL with compute
   dtype `dtype`.
 
   Parameters are stored in `param_dtype` (default: `dtype`) and placed by logical-axis `rules`
-  on `mesh` (or on the default device).
+  on `mesh` (or on the default device). `scan_layers`: the decoder layers stacked (each
+  `model.layers.{i}.…` tensor is written into slice i of its stacked parameter as it is read).
   """
   path = os.fspath(path)
   config = from_hf_config(path)
   param_dtype = dtype if param_dtype is None else param_dtype
   abstract = nnx.eval_shape(lambda: Qwen25VL(
       config, dtype=dtype, param_dtype=param_dtype, rope_mode=rope_mode,
-      attention_implementation=attention_implementation))
+      attention_implementation=attention_implementation, scan_layers=scan_layers,
+      remat_policy=remat_policy))
   graphdef, state = nnx.split(abstract)
   flat = dict(nnx.to_flat_state(state))
   if mesh is not None:
@@ -189,6 +240,7 @@ def load_hf_checkpoint(path: str | os.PathLike, dtype=jnp.float32, mesh: Mesh | 
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     sharding_of = lambda p: device
   loaded: dict[Path, jax.Array] = {}
+  stacked = _StackedLoader()
   for fname, keys in _checkpoint_files(path):
     reader = SafetensorsReader(fname)
     for key in reader.keys() if keys is None else keys:
@@ -196,24 +248,37 @@ def load_hf_checkpoint(path: str | os.PathLike, dtype=jnp.float32, mesh: Mesh | 
       if canon == "lm_head.weight" and config.tie_word_embeddings:
         continue                                  # tied: the embedding serves as lm_head
       target = hf_key_to_path(canon)
-      if target not in flat:
+      layer_slice = None if target in flat else _layer_slice(target, flat)
+      if target not in flat and layer_slice is None:
         raise ValueError(f"{fname}: unexpected tensor {key!r} (no such parameter in "
                          f"{'a tied' if config.tie_word_embeddings else 'this'} model)")
-      var = flat[target]
+      like = (flat[target] if layer_slice is None else flat[layer_slice[0]]).get_value()
       if key not in reader.header:
         raise ValueError(f"{fname}: tensor {key!r} listed in the index is not in the file")
       array = _to_flax(target, reader.get(key))
-      expected = var.get_value().shape
+      expected = like.shape if layer_slice is None else like.shape[1:]
       if array.shape != expected:
         raise ValueError(f"{fname}: tensor {key!r} has shape {array.shape} after conversion, "
                          f"model expects {expected}")
-      loaded[target] = _place(array.astype(var.get_value().dtype, copy=False),
-                              sharding_of(target))
+      array = array.astype(like.dtype, copy=False)
+      if layer_slice is None:
+        loaded[target] = _place(array, sharding_of(target))
+      else:
+        stacked.put(*layer_slice, array, like, sharding_of(layer_slice[0]))
       del array
-  missing = [path_to_hf_key(p) for p in flat if p not in loaded]
+  missing = []
+  for p, var in flat.items():
+    if p in loaded:
+      continue
+    if scan_layers and p[0] == "layers":            # stacked: the layers not read
+      missing.extend(path_to_hf_key(("layers", i) + p[1:])
+                     for i in range(var.get_value().shape[0]) if (p, i) not in stacked.seen)
+    else:
+      missing.append(path_to_hf_key(p))
   if missing:
     raise ValueError(f"{path}: missing tensors in checkpoint: {missing[:8]}"
                      f"{' ...' if len(missing) > 8 else ''} ({len(missing)} in all)")
+  loaded.update(stacked.arrays)
   for p, var in flat.items():
     flat[p] = var.replace(loaded[p])
   return nnx.merge(graphdef, nnx.from_flat_state(list(flat.items())))
@@ -229,19 +294,54 @@ def _host(array: jax.Array) -> np.ndarray:
   return np.asarray(jax.device_get(array))
 
 
+class _Tensor:
+  """One checkpoint tensor: a parameter, or slice `layer` of a stacked (scanned) parameter,
+  sliced only when written."""
+
+  def __init__(self, array: jax.Array, layer: int | None = None):
+    self.array, self.layer = array, layer
+    self.dtype = array.dtype
+    self.size = array.size if layer is None else array.size // array.shape[0]
+
+  def get(self) -> jax.Array:
+    return self.array if self.layer is None else self.array[self.layer]
+
+
+def _unstacked_params(model: Qwen25VL) -> list[tuple[Path, _Tensor]]:
+  """The parameters in the order (and with the paths) of an unscanned model: a scanned model's
+  stacked `layers.…` parameters become `layers.{i}.…`, layer by layer."""
+  out: list[tuple[Path, _Tensor]] = []
+  stacked: list[tuple[Path, jax.Array]] = []
+  for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    if getattr(model, "scan_layers", False) and p[0] == "layers":
+      stacked.append((p[1:], v.get_value()))
+      continue
+    if stacked and p[0] != "layers":          # the layer group ends: expand it here
+      out.extend(_layer_tensors(stacked))
+      stacked = []
+    out.append((p, _Tensor(v.get_value())))
+  return out + _layer_tensors(stacked)
+
+
+def _layer_tensors(stacked: list[tuple[Path, jax.Array]]) -> list[tuple[Path, _Tensor]]:
+  n = stacked[0][1].shape[0] if stacked else 0
+  return [(("layers", i) + sub, _Tensor(arr, i)) for i in range(n) for sub, arr in stacked]
+
+
 def save_hf_checkpoint(model: Qwen25VL, path: str | os.PathLike, *, dtype=None,
                        max_shard_bytes: int = 5 * 2**30) -> None:
   """Writes config.json + sharded safetensors (on-disk HF layout) that transformers loads
   (a text-only model as Qwen2ForCausalLM).
 
-  `dtype` (default: the parameters' dtype) is the stored dtype. Files are written to a
-  temporary directory beside `path` and moved in at the end, so a crash leaves no partial
-  checkpoint. Only process 0 writes.
+  `dtype` (default: the parameters' dtype) is the stored dtype. A scanned model's stacked
+  layers are written slice by slice as `model.layers.{i}.…`, the files identical to those of
+  the same model unscanned. Files are written to a temporary directory beside `path` and moved
+  in at the end, so a crash leaves no partial checkpoint. Only process 0 writes.
   """
   path = os.fspath(path)
   cfg = model.config
-  params = [(p, v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
-  shards: list[list[tuple[Path, jax.Array]]] = [[]]
+  params = _unstacked_params(model)
+  shards: list[list[tuple[Path, _Tensor]]] = [[]]
   size = 0
   for p, arr in params:
     nbytes = arr.size * np.dtype(dtype or arr.dtype).itemsize
@@ -258,7 +358,7 @@ def save_hf_checkpoint(model: Qwen25VL, path: str | os.PathLike, *, dtype=None,
              f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors")
     tensors = {}
     for p, arr in shard:
-      host = _host(arr)                      # every process joins the gather
+      host = _host(arr.get())                # every process joins the gather
       host = host.astype(dtype) if dtype is not None else host
       key = path_to_hf_key(p)
       tensors[key] = _to_hf(p, host, cfg)

@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig, TextConfig
-from veripo_jax.models.qwen2_5_vl.layers import (Dtype, Linear, RMSNorm, SwiGLU, apply_rotary,
-                                                 attention, cached_attention,
-                                                 inverse_frequencies)
+from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig
+from veripo_jax.models.qwen2_5_vl.decoder import (DecoderLayer, KVCache, run_layers,
+                                                  run_layers_cached, stack_layers)
+from veripo_jax.models.qwen2_5_vl.layers import Dtype, Linear, RMSNorm, inverse_frequencies
 from veripo_jax.models.qwen2_5_vl.rope_index import get_rope_index, text_positions
 from veripo_jax.models.qwen2_5_vl.vision import VisionTower
 from veripo_jax.models.qwen2_5_vl.vision_index import VisionInputs, prepare_vision
+from veripo_jax.parallel.remat import check_remat_policy
 from veripo_jax.parallel.sharding import constrain
 
 
@@ -52,145 +53,26 @@ def attention_mask_4d(inputs: ModelInputs) -> jax.Array:
   return mask[:, None]
 
 
-@struct.dataclass
-class KVCache:
-  """Static-size decode cache. Keys are stored post-RoPE; `valid` marks slots of real tokens.
-
-  Keys are kept transposed, (B, kv_heads, head_dim, S), and values as (B, kv_heads, S,
-  head_dim): both attention dots then read the cache in the order a plain matmul wants, so
-  XLA copies no cache-sized tensor per decode step (the (B, S, kv_heads, head_dim) layout cost
-  about a quarter of a CPU decode step in transposes).
-  """
-  KEY_AXES = ("batch", "kv_heads", "head_dim", "cache_length")
-  VALUE_AXES = ("batch", "kv_heads", "cache_length", "head_dim")
-
-  keys: tuple[jax.Array, ...]     # per layer (B, kv_heads, head_dim, S)
-  values: tuple[jax.Array, ...]   # per layer (B, kv_heads, S, head_dim)
-  valid: jax.Array                # (B, S) bool
-  index: jax.Array                # () int32, next slot to write
-
-  @staticmethod
-  def shapes(cfg: TextConfig, batch: int, length: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(key shape, value shape) of one layer."""
-    kv, hd = cfg.num_key_value_heads, cfg.head_dim
-    return (batch, kv, hd, length), (batch, kv, length, hd)
-
-  @classmethod
-  def init(cls, cfg: TextConfig, batch: int, length: int, dtype: Dtype) -> "KVCache":
-    key_shape, value_shape = cls.shapes(cfg, batch, length)
-    zeros = lambda shape: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
-    return cls(keys=zeros(key_shape), values=zeros(value_shape),
-               valid=jnp.zeros((batch, length), bool), index=jnp.zeros((), jnp.int32))
-
-  @property
-  def max_length(self) -> int:
-    return self.valid.shape[1]
-
-  def repeat(self, n: int) -> "KVCache":
-    """Each row repeated n times (rows b*n .. b*n+n-1 copy row b): forks a prefill for n samples."""
-    rep = lambda a: jnp.repeat(a, n, axis=0)
-    return self.replace(keys=tuple(map(rep, self.keys)), values=tuple(map(rep, self.values)),
-                        valid=rep(self.valid))
-
-  @classmethod
-  def axes(cls, cfg: TextConfig, per_slot: bool = False) -> "KVCache":
-    """Logical axes of each array (`per_slot`: the serving cache, one write index a row)."""
-    n = cfg.num_hidden_layers
-    return cls(keys=(cls.KEY_AXES,) * n, values=(cls.VALUE_AXES,) * n,
-               valid=("batch", "cache_length"), index=("batch",) if per_slot else ())
-
-  def per_slot(self) -> "KVCache":
-    """The serving layout: each row (a decode slot) with its own write index."""
-    return self.replace(index=jnp.zeros((self.valid.shape[0],), jnp.int32))
-
-  def insert(self, slot: jax.Array, row: "KVCache") -> "KVCache":
-    """A per-slot cache with the one-row cache `row` (possibly shorter) written at `slot`."""
-    def put(dst, src):
-      return jax.lax.dynamic_update_slice(dst, src.astype(dst.dtype),
-                                          (slot,) + (0,) * (dst.ndim - 1))
-    valid = jnp.zeros((1, self.max_length), bool).at[:, :row.max_length].set(row.valid)
-    return KVCache(keys=tuple(map(put, self.keys, row.keys)),
-                   values=tuple(map(put, self.values, row.values)),
-                   valid=put(self.valid, valid), index=self.index.at[slot].set(row.index))
-
-  def expand(self) -> "KVCache":
-    """A vmapped per-slot row as a batch of one (what `decode_step` takes)."""
-    one = lambda a: a[None]
-    return self.replace(keys=tuple(map(one, self.keys)), values=tuple(map(one, self.values)),
-                        valid=one(self.valid))
-
-  def squeeze(self) -> "KVCache":
-    """The inverse of `expand`."""
-    first = lambda a: a[0]
-    return self.replace(keys=tuple(map(first, self.keys)),
-                        values=tuple(map(first, self.values)), valid=first(self.valid))
-
-
-class TextAttention(nnx.Module):
-
-  def __init__(self, cfg: TextConfig, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs,
-               implementation: str | None = None):
-    self.cfg = cfg
-    self.implementation = implementation
-    q_dim, kv_dim = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.q_proj = Linear(cfg.hidden_size, q_dim, use_bias=True, axes=("embed", "heads"), **kw)
-    self.k_proj = Linear(cfg.hidden_size, kv_dim, use_bias=True, axes=("embed", "kv_heads"), **kw)
-    self.v_proj = Linear(cfg.hidden_size, kv_dim, use_bias=True, axes=("embed", "kv_heads"), **kw)
-    self.o_proj = Linear(q_dim, cfg.hidden_size, use_bias=False, axes=("heads", "embed"), **kw)
-
-  def __call__(self, x, cos, sin, mask, cache_kv=None, index=None):
-    b, l, _ = x.shape
-    c = self.cfg
-    q = apply_rotary(self.q_proj(x).reshape(b, l, c.num_attention_heads, c.head_dim), cos, sin)
-    k = apply_rotary(self.k_proj(x).reshape(b, l, c.num_key_value_heads, c.head_dim), cos, sin)
-    v = self.v_proj(x).reshape(b, l, c.num_key_value_heads, c.head_dim)
-    if cache_kv is None:
-      out = attention(q, k, v, mask, self.implementation)
-    else:
-      ck, cv = cache_kv
-      k = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 3, 1).astype(ck.dtype),
-                                       (0, 0, 0, index))
-      v = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype),
-                                       (0, 0, index, 0))
-      cache_kv = (constrain(k, KVCache.KEY_AXES), constrain(v, KVCache.VALUE_AXES))
-      out = cached_attention(q, *(c.astype(q.dtype) for c in cache_kv), mask)
-    return self.o_proj(out.reshape(b, l, -1)), cache_kv
-
-
-class DecoderLayer(nnx.Module):
-
-  def __init__(self, cfg: TextConfig, *, dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs,
-               implementation: str | None = None):
-    norm = dict(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
-    self.input_layernorm = RMSNorm(cfg.hidden_size, **norm)
-    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm)
-    self.self_attn = TextAttention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                                   implementation=implementation)
-    self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, use_bias=False, dtype=dtype,
-                      param_dtype=param_dtype, rngs=rngs)
-
-  def __call__(self, x, cos, sin, mask, cache_kv=None, index=None):
-    a, cache_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_kv, index)
-    x = x + a
-    x = x + self.mlp(self.post_attention_layernorm(x))
-    return constrain(x, ("batch", "length", "embed")), cache_kv
-
-
 class Qwen25VL(nnx.Module):
   """Qwen2_5_VLForConditionalGeneration, or Qwen2ForCausalLM when `config.vision` is None.
 
-  Parameter names mirror the HF module tree.
+  Parameter names mirror the HF module tree. `scan_layers` stacks the decoder layers'
+  parameters on a leading "layers" axis (`layers.…` instead of `layers.{i}.…`) and runs them
+  in one `lax.scan` (see `decoder`); the KV cache is then stacked too. `remat_policy` is what
+  `hidden_states(remat=True)` keeps of each layer's forward (`parallel.remat.REMAT_POLICIES`).
   """
 
   def __init__(self, config: Qwen25VLConfig, *, dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs | None = None,
-               attention_implementation: str | None = None, rope_mode: str = "legacy"):
+               attention_implementation: str | None = None, rope_mode: str = "legacy",
+               scan_layers: bool = False, remat_policy: str = "nothing_saveable"):
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     t = config.text
     self.config = config
     self.dtype = dtype
     self.rope_mode = rope_mode
+    self.scan_layers = bool(scan_layers)
+    self.remat_policy = check_remat_policy(remat_policy)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.visual = (None if config.vision is None else
                    VisionTower(config.vision, implementation=attention_implementation, **kw))
@@ -198,8 +80,9 @@ class Qwen25VL(nnx.Module):
                                   param_dtype=param_dtype, rngs=rngs,
                                   embedding_init=nnx.initializers.normal(0.02))
     self.embed_tokens.embedding.set_metadata("logical_axes", ("vocab", "embed"))
-    self.layers = nnx.List([DecoderLayer(t, implementation=attention_implementation, **kw)
-                            for _ in range(t.num_hidden_layers)])
+    layers = [DecoderLayer(t, implementation=attention_implementation, **kw)
+              for _ in range(t.num_hidden_layers)]
+    self.layers = stack_layers(layers) if self.scan_layers else nnx.List(layers)
     self.norm = RMSNorm(t.hidden_size, eps=t.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
     self.lm_head = (None if config.tie_word_embeddings else
                     Linear(t.hidden_size, t.vocab_size, use_bias=False, axes=("embed", "vocab"),
@@ -240,17 +123,12 @@ class Qwen25VL(nnx.Module):
     """Final-layer hidden states (before the last norm), no cache: the training path.
 
     `remat` recomputes each decoder layer's activations in the backward pass instead of
-    storing them (memory for compute, per layer).
+    storing them (memory for compute, per layer), keeping what `remat_policy` allows.
     """
     x = self.embed(inputs)
     cos, sin = self.rotary(inputs.position_ids)
-    mask = attention_mask_4d(inputs)
-    for layer in self.layers:
-      if remat:
-        x = nnx.remat(lambda lyr, y: lyr(y, cos, sin, mask)[0])(layer, x)
-      else:
-        x, _ = layer(x, cos, sin, mask)
-    return x
+    return run_layers(self.layers, x, cos, sin, attention_mask_4d(inputs), remat=remat,
+                      remat_policy=self.remat_policy)
 
   def forward(self, inputs: ModelInputs) -> jax.Array:
     """Logits (B, L, V) for array inputs."""
@@ -265,12 +143,12 @@ class Qwen25VL(nnx.Module):
     causal = slots[None, :] <= cache.index + jnp.arange(l)[:, None]          # (L, S)
     mask = valid[:, None, None, :] & causal[None, None]
     cos, sin = self.rotary(position_ids)
-    keys, values = [], []
-    for layer, ck, cv in zip(self.layers, cache.keys, cache.values):
-      x, (k, v) = layer(x, cos, sin, mask, (ck, cv), cache.index)
-      keys.append(k)
-      values.append(v)
-    return x, KVCache(keys=tuple(keys), values=tuple(values), valid=valid, index=cache.index + l)
+    if cache.stacked != self.scan_layers:
+      raise ValueError(f"a {'stacked' if cache.stacked else 'per-layer'} KV cache given to a "
+                       f"model with scan_layers={self.scan_layers} (use model.init_cache)")
+    x, keys, values = run_layers_cached(self.layers, x, cos, sin, mask, cache.keys,
+                                        cache.values, cache.index)
+    return x, KVCache(keys=keys, values=values, valid=valid, index=cache.index + l)
 
   def prefill(self, inputs: ModelInputs, cache: KVCache) -> tuple[jax.Array, KVCache]:
     """Processes the prompt (vision included) into the cache; returns last-token logits (B, V)."""
@@ -291,10 +169,10 @@ class Qwen25VL(nnx.Module):
     return prepare_batch(self.config, batch, rope_mode=self.rope_mode, bucketed=bucketed)
 
   def init_cache(self, batch: int, length: int) -> KVCache:
-    return KVCache.init(self.config.text, batch, length, self.dtype)
+    return KVCache.init(self.config.text, batch, length, self.dtype, stacked=self.scan_layers)
 
   def cache_axes(self, per_slot: bool = False) -> KVCache:
-    return KVCache.axes(self.config.text, per_slot)
+    return KVCache.axes(self.config.text, per_slot, stacked=self.scan_layers)
 
   def encode_media(self, media: VisionInputs) -> jax.Array:
     return self.visual(media)
