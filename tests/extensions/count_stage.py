@@ -23,10 +23,6 @@ class CountExamples(Stage):
   uses_policy = False
   hands_off = False
 
-  def __init__(self, ctx, name, cfg: CountConfig):
-    super().__init__(ctx, name)
-    self.cfg = cfg
-
   def run(self, model) -> dict:
     source = data_source(self.ctx.data_dir(self.cfg.data), self.cfg.data.split)
     counts = {}

@@ -19,7 +19,7 @@ from veripo_jax.eval.prompts import EvalPromptEncoder
 from veripo_jax.eval.report import summarize, write_eval_report
 from veripo_jax.eval.runner import (PREDICTIONS_FILE, BenchmarkEvalConfig, EvalContext,
                                     evaluate_benchmark, load_all, read_predictions)
-from veripo_jax.rl.stage import Preempted, RunContext, Stage
+from veripo_jax.rl.stage import Preempted, Stage
 from veripo_jax.rl.verifier_stage import JudgeConfig, serve_judge
 
 
@@ -33,10 +33,6 @@ class BenchmarkStageConfig(BenchmarkEvalConfig):
 class BenchmarkStage(Stage):
   kind = "benchmark"
   hands_off = False
-
-  def __init__(self, ctx: RunContext, name: str, cfg: BenchmarkStageConfig):
-    super().__init__(ctx, name)
-    self.cfg = cfg
 
   def judge_name(self) -> str:
     j = self.cfg.judge

@@ -215,8 +215,7 @@ class DPOStage(Stage):
   kind = "dpo"
 
   def __init__(self, ctx: RunContext, name: str, cfg: DPOConfig, pairs: list[Pair]):
-    super().__init__(ctx, name, cfg.keep_checkpoints)
-    self.cfg = cfg
+    super().__init__(ctx, name, cfg)
     self.pairs = pairs
 
   def run(self, model) -> dict:

@@ -69,10 +69,6 @@ class EvalStage(Stage):
   kind = "eval"
   hands_off = False
 
-  def __init__(self, ctx: RunContext, name: str, cfg: EvalConfig):
-    super().__init__(ctx, name)
-    self.cfg = cfg
-
   def run(self, model) -> dict:
     metrics, records = evaluate(self.ctx, model, self.cfg, desc=self.name)
     self.ctx.writer.write(self.name, 0, metrics)

@@ -151,8 +151,7 @@ class GRPOStage(Stage):
   kind = "grpo"
 
   def __init__(self, ctx: RunContext, name: str, cfg: GRPOConfig):
-    super().__init__(ctx, name, cfg.keep_checkpoints)
-    self.cfg = cfg
+    super().__init__(ctx, name, cfg)
 
   def rollout_path(self, round_index: int) -> str:
     return rollout_file(self.dir, round_index)

@@ -22,7 +22,7 @@ from veripo_jax.data.prompts import JUDGE_PROMPT
 from veripo_jax.fileio import read_jsonl, write_jsonl_atomic
 from veripo_jax.rl.artifacts import RESPONSES_FILE, VERDICTS_FILE
 from veripo_jax.rl.answers import parse_response
-from veripo_jax.rl.stage import RunContext, Stage
+from veripo_jax.rl.stage import Stage
 from veripo_jax.rl.verifier import PromptJudge, parse_verdict
 from veripo_jax.rl.verifier_stage import JudgeConfig, heldout_judge_metrics, serve_judge
 
@@ -65,10 +65,6 @@ class JudgeEvalStage(Stage):
   kind = "judge_eval"
   uses_policy = False
   hands_off = False
-
-  def __init__(self, ctx: RunContext, name: str, cfg: JudgeEvalConfig):
-    super().__init__(ctx, name)
-    self.cfg = cfg
 
   def run(self, model=None) -> dict:
     del model

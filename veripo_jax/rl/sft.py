@@ -43,8 +43,7 @@ class SFTStage(Stage):
   kind = "sft"
 
   def __init__(self, ctx: RunContext, name: str, cfg: SFTConfig):
-    super().__init__(ctx, name, cfg.keep_checkpoints)
-    self.cfg = cfg
+    super().__init__(ctx, name, cfg)
 
   def run(self, model) -> dict:
     ctx, cfg = self.ctx, self.cfg

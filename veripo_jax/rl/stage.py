@@ -145,9 +145,13 @@ class Stage:
   uses_policy = True    # run() takes the current policy (else None)
   hands_off = True      # its exported policy becomes the next stage's policy
 
-  def __init__(self, ctx: RunContext, name: str, keep_checkpoints: int = 2):
+  def __init__(self, ctx: RunContext, name: str, cfg: Any = None):
+    """`cfg` is the kind's config dataclass (its `keep_checkpoints`, if any, bounds the train
+    states kept on disk)."""
     self.ctx = ctx
     self.name = name
+    self.cfg = cfg
+    keep_checkpoints = getattr(cfg, "keep_checkpoints", 2)
     self.dir = ctx.stage_dir(name)
     self.checkpointer = Checkpointer(os.path.join(self.dir, "checkpoints"),
                                      keep=keep_checkpoints)

@@ -129,10 +129,6 @@ class VerifierStage(Stage):
   uses_policy = False
   hands_off = False
 
-  def __init__(self, ctx: RunContext, name: str, cfg: VerifierStageConfig):
-    super().__init__(ctx, name)
-    self.cfg = cfg
-
   @property
   def pairs_path(self) -> str:
     return os.path.join(self.dir, PAIRS_FILE)
