@@ -214,30 +214,53 @@ def _optimizer(learning_rate):
 
 
 def get_config(tpu="v5p-128"):
-  """`tpu`: a v5p slice name; v5p names count TensorCores, two per chip, four chips a host."""
-  if not tpu.startswith("v5p-"):
-    raise ValueError(f"expected a v5p slice name like v5p-128, got {tpu!r}")
+  """`tpu`: a v5p slice name; v5p names count TensorCores, two per chip, four chips a host.
+
+  Offered: v5p-128 (the default) and v5p-256, with Table 1's global batches and each chip's
+  share of a micro-batch as on v5p-128 (or less). Larger slices are refused: per-host batch
+  sizes cannot keep Table 1's 32 DPO pairs a step (v5p-512: 64 hosts) or 64 prompts a round
+  (v5p-1024: 128 hosts), and a batch the hosts or batch shards do not divide would have to
+  shrink the global batch or be replicated. Smaller slices are not sized here.
+  """
+  supported = ("v5p-128", "v5p-256")
+  if not tpu.startswith("v5p-") or not tpu[len("v5p-"):].isdigit():
+    raise ValueError(f"expected a v5p slice name like v5p-128, got {tpu!r}; supported slices: "
+                     f"{', '.join(supported)}")
   chips = int(tpu[len("v5p-"):]) // 2
+  hosts = max(1, chips // 4)
+  if tpu not in supported:
+    dpo_pairs = FAST_ALIGN["global_batch"]
+    batches = ((f"DPO global batch of {dpo_pairs} pairs", dpo_pairs),
+               (f"{ROLLOUT_PROMPTS} prompts a round", ROLLOUT_PROMPTS))
+    split = [what for what, n in batches if n % hosts]
+    why = (f"Table 1's {split[0]} does not split over {hosts} hosts (per-host batch sizes)"
+           if split else "the recipe's micro-batches are not sized for it")
+    raise ValueError(f"{tpu}: {why}; supported slices: {', '.join(supported)}")
   # Mesh: tensor=4 over each host's 4 chips (the innermost mesh axis), fsdp over the hosts.
   # - Decoding reads every weight at every token; with tensor=4 a chip gathers a quarter of
   #   the (fp32, 33 GB) weights instead of all of them.
-  # - The batch axis is data x fsdp = 16 shards on v5p-128: rollouts of 512 responses are 32
-  #   a shard, and micro-batches of any multiple of 16 shard evenly; with tensor=1 a batch
-  #   would have to be a multiple of 64 or stay replicated (a mesh axis that does not divide
-  #   a dimension is dropped from its sharding).
+  # - The batch axis is data x fsdp = one shard a host (16 on v5p-128): rollouts of 512
+  #   responses are 32 a shard, and every batch must be a multiple of the shards (`plan`
+  #   refuses one that is not: it would be replicated); with tensor=1 a batch would have to
+  #   be a multiple of 64.
   # - Qwen2.5-VL-7B divides by 4 everywhere: 28 heads, 4 KV heads (the ceiling: the KV cache
   #   shards by KV head), MLP 18944, vocab 152064, ViT 16 heads and MLP 3420.
   # - fp32 weights plus Adam moments of the trainable (text) part, about 33 + 61 GB, shard
   #   over all 64 chips: 1.5 GB a chip, leaving the HBM (95 GB) to KV caches and activations.
+  shards = hosts
   return recipe(
       checkpoint=CHECKPOINT, preset="7b", mesh={"data": 1, "fsdp": -1, "tensor": min(4, chips)},
-      hosts=max(1, chips // 4), prompts_per_round=ROLLOUT_PROMPTS,
-      # 64 responses a micro-batch are 4 sequences of up to 5.6k tokens a batch shard, remat
-      # storing only each layer's input; the activation stage's long documents (prompts up
-      # to 16k tokens, so 20k-token sequences) go one a shard. DPO: 32 pairs are 64 rows.
-      activation_micro_batch=16, micro_batch=64, dpo_micro_batch=32,
-      # Evaluation: 32 prompts of up to 17k tokens (128 frames), 2 a batch shard.
-      max_response=MAX_RESPONSE, eval_batch_size=32, remat=True, save_every_rounds=10,
+      hosts=hosts, prompts_per_round=ROLLOUT_PROMPTS,
+      # Per batch shard, as on v5p-128: micro-batches of 4 sequences of up to 5.6k tokens
+      # (64 responses on 16 shards; at most Table 1's 64 a step), remat storing only each
+      # layer's input; the activation stage's long documents (prompts up to 16k tokens, so
+      # 20k-token sequences) one a shard. DPO: 2 pairs (rows) a shard, at most the 32 pairs of
+      # a step.
+      activation_micro_batch=shards, micro_batch=min(4 * shards, SLOW_SEARCH["global_batch"],
+                                                     LATER_SEARCH["global_batch"]),
+      dpo_micro_batch=min(2 * shards, FAST_ALIGN["global_batch"]),
+      # Evaluation: prompts of up to 17k tokens (128 frames), 2 a batch shard (32 on v5p-128).
+      max_response=MAX_RESPONSE, eval_batch_size=2 * shards, remat=True, save_every_rounds=10,
       # JetStream serves the judge on one chip of host 0 (serving/engine.py) while the
       # verifier runs there: a 7B judge in bf16 is 15 GB, and 64 slots of 8k-token prompts
       # (57 KB of cache a token) 30 GB, within a v5p chip's 95 GB.

@@ -58,21 +58,28 @@ def merge_rules(overrides: LogicalRules, base: LogicalRules = DEFAULT_RULES) -> 
   return tuple((name, merged[name]) for name in known)
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
-  devices = list(jax.devices() if devices is None else devices)
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> dict[str, int]:
+  """The {data, fsdp, tensor} sizes `make_mesh` builds on `num_devices` devices (one size may
+  be -1: the remaining devices); ValueError when they do not fit."""
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
     raise ValueError("at most one mesh axis may be -1")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices not divisible by the fixed mesh axes {sizes}")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if math.prod(sizes) != len(devices):
+    if num_devices % known:
+      raise ValueError(f"{num_devices} devices not divisible by the fixed mesh axes {sizes}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                     f"have {len(devices)}")
+                     f"have {num_devices}")
+  return dict(zip(MESH_AXES, sizes))
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh; one size may be -1 to take the remaining devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = list(mesh_shape(data, fsdp, tensor, len(devices)).values())
   dev = np.asarray(devices).reshape(sizes)
   return Mesh(dev, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 

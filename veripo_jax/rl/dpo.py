@@ -151,8 +151,9 @@ class ReferenceLogprobs:
   before keep their first values. `sequences` and `seconds` count the forward's cost.
   """
 
-  def __init__(self, num_pairs: int, params):
+  def __init__(self, num_pairs: int, params, logprobs: SequenceLogprobs = SequenceLogprobs()):
     self.params = params
+    self.logprobs = logprobs          # the objective's `sequence_logprobs()` (its chunks)
     self.values = np.zeros((num_pairs, 2), np.float32)
     self.known = np.zeros(num_pairs, bool)
     self.sequences = 0
@@ -166,7 +167,7 @@ class ReferenceLogprobs:
     new = live & ~self.known[slot]
     if new.any():
       start = time.perf_counter()
-      ref = to_host(learner.evaluate(SequenceLogprobs(), micro["sequences"],
+      ref = to_host(learner.evaluate(self.logprobs, micro["sequences"],
                                      params=self.params)).sum(-1)
       p = len(index)
       self.values[index[new]] = np.stack([ref[:p], ref[p:]], 1)[new]
@@ -227,7 +228,8 @@ class DPOStage(Stage):
     total = cfg.steps(len(pair_groups(self.pairs, cfg.pairs_per_row)))
     learner = Learner(model, dataclasses.replace(cfg.optimizer, total_steps=total), ctx.mesh,
                       rules=ctx.rules, frozen=cfg.frozen)
-    reference = ReferenceLogprobs(len(self.pairs), learner.snapshot())
+    reference = ReferenceLogprobs(len(self.pairs), learner.snapshot(),
+                                  cfg.objective.sequence_logprobs())
     nll_weight = nll_weights(cfg, self.pairs)
     width = packed_width(cfg, self.pairs)
     v = ctx.model_config.vision

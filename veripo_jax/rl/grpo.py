@@ -19,7 +19,7 @@ from absl import logging
 
 from veripo_jax.parallel.multihost import to_host
 from veripo_jax.rl.artifacts import read_discarded
-from veripo_jax.rl.objectives import GRPOBatch, GRPOObjective, SequenceLogprobs
+from veripo_jax.rl.objectives import GRPOBatch, GRPOObjective
 from veripo_jax.rl.rollout import (RolloutConfig, Rollouts, collect_rollouts, read_rollouts,
                                    rollout_file, write_rollouts)
 from veripo_jax.rl.sequences import SequenceBuilder
@@ -119,12 +119,13 @@ def round_updates(ctx: RunContext, learner: Learner, cfg: GRPOConfig, prompts: d
   groups = np.flatnonzero(live & ((std > 0) if cfg.filter_zero_variance else True))
   plan = update_plan(groups, cfg.global_batch // g, ctx.seed, round_index)
   steps = [micro_batches(builder, rollouts, step, cfg.micro_batch // g) for step in plan]
+  logprobs = cfg.objective.sequence_logprobs()      # chunked as the update is
   if cfg.recompute_old_logprobs:
     steps = [[dataclasses.replace(b, old_logp=to_host(learner.evaluate(
-        SequenceLogprobs(), b.sequences))) for b in step] for step in steps]
+        logprobs, b.sequences))) for b in step] for step in steps]
   if ref_params is not None:
     steps = [[dataclasses.replace(b, ref_logp=to_host(learner.evaluate(
-        SequenceLogprobs(), b.sequences, params=ref_params))) for b in step] for step in steps]
+        logprobs, b.sequences, params=ref_params))) for b in step] for step in steps]
   return groups, steps
 
 

@@ -5,6 +5,8 @@ Every loss returns a `train.loss_terms.LossTerms` (sums and counts: accumulation
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -21,6 +23,33 @@ def token_logprobs(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, ja
   probs = jnp.exp(logits - logz[..., None])
   entropy = logz - jnp.sum(probs * logits, axis=-1)
   return picked - logz, entropy
+
+
+def chunked_token_logprobs(head: Callable[[jax.Array], jax.Array], h: jax.Array,
+                           targets: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
+  """`token_logprobs(head(h), targets)` computed `chunk` positions at a time.
+
+  h (N, T, D) hidden states, targets (N, T); `head` maps (N, C, D) -> logits (N, C, V). The
+  chunks run in a `lax.scan` whose body is rematerialised (`jax.checkpoint`): the forward keeps
+  only each chunk's log-probs and entropies, the backward recomputes one chunk's logits at a
+  time, so neither pass holds more than (N, chunk, V) logits (the full (N, T, V) ones are never
+  formed). A last chunk of T mod `chunk` positions runs on its own (no padding). Equal to the
+  unchunked path up to float summation order.
+  """
+  if chunk <= 0 or chunk >= targets.shape[1]:
+    return token_logprobs(head(h), targets)
+  n, t = targets.shape
+  body = jax.checkpoint(lambda hc, tc: token_logprobs(head(hc), tc), prevent_cse=False)
+  full = t - t % chunk
+  hs = h[:, :full].reshape(n, full // chunk, chunk, h.shape[-1]).swapaxes(0, 1)
+  ts = targets[:, :full].reshape(n, full // chunk, chunk).swapaxes(0, 1)
+  _, (logp, entropy) = jax.lax.scan(lambda carry, x: (carry, body(*x)), None, (hs, ts))
+  logp, entropy = (a.swapaxes(0, 1).reshape(n, full) for a in (logp, entropy))
+  if full < t:
+    tail_logp, tail_entropy = body(h[:, full:], targets[:, full:])
+    logp = jnp.concatenate([logp, tail_logp], axis=1)
+    entropy = jnp.concatenate([entropy, tail_entropy], axis=1)
+  return logp, entropy
 
 
 def group_advantages(rewards: jax.Array, group_size: int, *, eps: float = 1e-6,

@@ -4,18 +4,26 @@
 run-level sections and every reference between stages. Any problem is a `ConfigError` whose
 message names the field (and the closest valid name), so a typo in the ninth stage stops the
 run before the first one starts, not after it.
+
+Given the device count (`num_devices`, and `num_hosts` for the per-host batch sizes), `plan`
+also checks that every array batch a stage places on the mesh splits over its batch shards
+(mesh data x fsdp): prompt and rollout batches, every micro-batch of a step (the last, smaller
+one included). Placement (`train.learner.batch_sharding_tree`) and the activation constraints
+(`parallel.sharding.logical_to_spec`) would otherwise replicate such a batch on every shard.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Iterator
+
+import jax
 
 from veripo_jax.config_utils import ConfigError, closest, from_config, reject_unknown
 from veripo_jax.data.sources import check_source
 from veripo_jax.models import FAMILIES
 from veripo_jax.parallel.remat import check_remat_policy
-from veripo_jax.parallel.sharding import merge_rules
+from veripo_jax.parallel.sharding import merge_rules, mesh_shape
 from veripo_jax.rl.artifacts import STAGE_INPUTS, is_path
 from veripo_jax.rl.stage_kinds import STAGE_KINDS, training_kinds
 
@@ -150,8 +158,99 @@ def _same_data(name: str, data, source: PlannedStage, fields: tuple[str, ...],
                         f"stage {source.name}, which has {theirs!r}")
 
 
-def plan(cfg) -> dict[str, PlannedStage]:
-  """Every stage of `cfg.stage_order`, typed and checked, by name (in order)."""
+# What a stage places on the mesh with a leading batch (row) axis: (field, rows, what), rows
+# counted over all hosts. Stage kinds not listed place no batch on the policy's mesh (the
+# verifier and judge_eval serve their judge on an engine of their own).
+
+def _grpo_batches(c, hosts: int) -> Iterator[tuple[str, int, str]]:
+  g = c.rollout.num_samples
+  prompts = c.data.batch_size * hosts
+  # The prompts are prefilled, then decoded G samples each: the responses divide when they do.
+  yield ("data.batch_size", prompts,
+         f"a rollout round's prompts ({c.data.batch_size} a host x {hosts} hosts)")
+  # Steps take global_batch / G groups, micro-batches micro_batch / G of a step's groups; with
+  # share_prompt a group is one sequence row, else G rows. A round's last, shorter micro-batch
+  # then divides too (the round's and the full micro-batches' rows do); one of a round whose
+  # groups `filter_zero_variance` dropped may not (replicated at run time).
+  per_row = 1 if c.share_prompt else g
+  shared = f" / G={g}: a group shares a row" if c.share_prompt else ""
+  per_micro = c.micro_batch // g
+  yield ("micro_batch", min(per_micro, prompts) * per_row,
+         f"a micro-batch's sequence rows ({c.micro_batch} responses{shared})")
+
+
+def _dpo_batches(c, hosts: int) -> Iterator[tuple[str, int, str]]:
+  # A step reads batch_size prompt rows a host, each with pairs_per_row pair slots; a
+  # micro-batch takes micro_batch / pairs_per_row of them: one sequence row each with
+  # share_prompt (2 x pairs_per_row responses), else 2 x pairs_per_row rows.
+  rows = c.data.batch_size * hosts
+  per_micro = max(1, c.micro_batch // c.pairs_per_row)
+  per_row = 1 if c.share_prompt else 2 * c.pairs_per_row
+  layout = ("share_prompt: a prompt row holds its pairs' responses" if c.share_prompt else
+            f"{per_row} rows a prompt row")
+  if rows >= per_micro:
+    yield ("micro_batch", per_micro * per_row,
+           f"a micro-batch's sequence rows ({c.micro_batch} pair slots, {layout})")
+  if rows % per_micro:
+    yield ("data.batch_size", rows % per_micro * per_row,
+           f"the last micro-batch's sequence rows ({c.data.batch_size} prompt rows a host x "
+           f"{hosts} hosts in micro-batches of {per_micro}; {layout})")
+
+
+def _sft_batches(c, hosts: int) -> Iterator[tuple[str, int, str]]:
+  rows = c.data.batch_size * hosts
+  if rows >= c.micro_batch:
+    yield "micro_batch", c.micro_batch, "a micro-batch's examples"
+  if rows % c.micro_batch:
+    yield ("data.batch_size", rows % c.micro_batch,
+           f"the last micro-batch's examples ({c.data.batch_size} a host x {hosts} hosts in "
+           f"micro-batches of {c.micro_batch})")
+
+
+def _eval_batches(c, hosts: int) -> Iterator[tuple[str, int, str]]:
+  prompts = c.data.batch_size * hosts
+  yield ("data.batch_size", prompts,
+         f"a batch's prompts ({c.data.batch_size} a host x {hosts} hosts)")
+
+
+def _benchmark_batches(c, hosts: int) -> Iterator[tuple[str, int, str]]:
+  del hosts                                     # a global batch size
+  yield "batch_size", c.batch_size, "prompts per generate call (all hosts)"
+
+
+_BATCHES = {"grpo": _grpo_batches, "dpo": _dpo_batches, "sft": _sft_batches,
+            "eval": _eval_batches, "benchmark": _benchmark_batches}
+
+
+def _check_batches(cfg, stages: dict[str, PlannedStage], num_devices: int,
+                   num_hosts: int) -> None:
+  """Every batch a stage places on the mesh splits over the batch shards (data x fsdp)."""
+  try:
+    sizes = mesh_shape(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, num_devices)
+  except ValueError as e:
+    raise ConfigError(f"config.mesh: {e}") from e
+  shards = sizes["data"] * sizes["fsdp"]
+  if shards == 1:
+    return
+  mesh = f"mesh data={sizes['data']} x fsdp={sizes['fsdp']} on {num_devices} devices"
+  for name, stage in stages.items():
+    batches = _BATCHES.get(stage.kind)
+    for field, rows, what in batches(stage.config, num_hosts) if batches else ():
+      if rows % shards:
+        raise ConfigError(
+            f"config.stages.{name}.{field}: {what} = {rows} rows, which the {shards} batch "
+            f"shards ({mesh}) do not divide; the batch would be replicated on every shard "
+            f"(make it a multiple of {shards}, or change config.mesh)")
+
+
+def plan(cfg, *, num_devices: int | None = None,
+         num_hosts: int | None = None) -> dict[str, PlannedStage]:
+  """Every stage of `cfg.stage_order`, typed and checked, by name (in order).
+
+  With `num_devices` (the run's `jax.device_count()`, or a TPU slice's chips when planning
+  for one), also the batches against the mesh's batch shards; `num_hosts` (default
+  `jax.process_count()`) turns per-host batch sizes into global ones.
+  """
   _check_run_sections(cfg)
   order = list(cfg.stage_order)
   if not order:
@@ -164,4 +263,7 @@ def plan(cfg) -> dict[str, PlannedStage]:
                         f"{closest(name, cfg.stages)}")
   stages = {name: _build(cfg, name) for name in order}
   _check_references(cfg, stages)
+  if num_devices is not None:
+    _check_batches(cfg, stages, num_devices,
+                   jax.process_count() if num_hosts is None else num_hosts)
   return stages

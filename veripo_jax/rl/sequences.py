@@ -28,7 +28,7 @@ from flax import struct
 from veripo_jax.buckets import bucket
 from veripo_jax.data.schema import EXAMPLE_FIELDS, ROW_FIELDS
 from veripo_jax.models import CausalLM, family_of
-from veripo_jax.rl.losses import token_logprobs
+from veripo_jax.rl.losses import chunked_token_logprobs
 
 # Prompt-batch fields with one row per prompt (the loader's `Collator` output; no responses).
 _ROW_FIELDS = tuple(f for f in ROW_FIELDS if f != "response_mask") + EXAMPLE_FIELDS
@@ -173,27 +173,32 @@ def _packed(targets: np.ndarray, real: np.ndarray, lengths: np.ndarray, next_pos
   return ids, mask, positions, branch, columns.reshape(k, -1).astype(np.int32)
 
 
-def response_logprobs(model: CausalLM, batch: SequenceBatch, *, remat: bool = False
-                      ) -> tuple[jax.Array, jax.Array]:
+def response_logprobs(model: CausalLM, batch: SequenceBatch, *, remat: bool = False,
+                      chunk: int = 0) -> tuple[jax.Array, jax.Array]:
   """log pi(response token) and the entropy at each response position, (N, R) fp32.
 
   The token at response position j is predicted from the hidden state one column earlier (a
   branch's first token from the prompt's last column); only those columns go through the LM
-  head (the prompt's logits are never formed).
+  head (the prompt's logits are never formed). With `chunk` C > 0 the head runs on C response
+  positions at a time, recomputed per chunk in the backward (`losses.chunked_token_logprobs`):
+  (N, C, V) logits at a time instead of (N, R, V); 0 (or C >= R) is the one-shot path.
   """
   h = model.hidden_states(batch.inputs, remat=remat)
+  return chunked_token_logprobs(model.logits, _response_window(h, batch), batch.targets, chunk)
+
+
+def _response_window(h: jax.Array, batch: SequenceBatch) -> jax.Array:
+  """The hidden states (N, R, D) that predict `batch.targets`, branch-major."""
   r, b = batch.targets.shape[1], batch.branches
   if batch.columns is not None:
     window = jnp.take_along_axis(h, batch.columns[:, :, None], axis=1)   # (rows, b * R, D)
-    window = window.reshape(h.shape[0], b, r, -1).swapaxes(0, 1).reshape(b * h.shape[0], r, -1)
-  elif b == 1:
-    window = jax.lax.dynamic_slice_in_dim(h, batch.prompt_width - 1, r, axis=1)
-  else:
-    start = batch.prompt_width + r * np.arange(b)[:, None] + np.arange(r)[None] - 1
-    start[:, 0] = batch.prompt_width - 1
-    window = jnp.take(h, start.reshape(-1), axis=1)                       # (rows, b * R, D)
-    window = window.reshape(h.shape[0], b, r, -1).swapaxes(0, 1).reshape(b * h.shape[0], r, -1)
-  return token_logprobs(model.logits(window), batch.targets)
+    return window.reshape(h.shape[0], b, r, -1).swapaxes(0, 1).reshape(b * h.shape[0], r, -1)
+  if b == 1:
+    return jax.lax.dynamic_slice_in_dim(h, batch.prompt_width - 1, r, axis=1)
+  start = batch.prompt_width + r * np.arange(b)[:, None] + np.arange(r)[None] - 1
+  start[:, 0] = batch.prompt_width - 1
+  window = jnp.take(h, start.reshape(-1), axis=1)                         # (rows, b * R, D)
+  return window.reshape(h.shape[0], b, r, -1).swapaxes(0, 1).reshape(b * h.shape[0], r, -1)
 
 
 def sequence_logprob(logp: jax.Array, mask: jax.Array) -> jax.Array:
