@@ -52,6 +52,7 @@ def get_config(hardware="gpu"):
   c.model.param_dtype = "bfloat16"
   c.model.rope_mode = "legacy"
   c.model.scan_layers = True             # one compiled layer, however deep the model
+  c.model.attention = "auto"             # splash on TPU, cuDNN on GPU, XLA on CPU
   c.mesh = ml_collections.ConfigDict(mesh)
   c.sharding_rules = ()
 

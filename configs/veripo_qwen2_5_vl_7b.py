@@ -138,6 +138,7 @@ def recipe(*, checkpoint, preset, mesh, hosts, prompts_per_round, activation_mic
   # layer on v5p (XLA schedules every recomputation early) and compile time with depth.
   c.model.scan_layers = True
   c.model.remat_policy = "nothing_saveable"     # or dots_saveable, ... (remat=True stages)
+  c.model.attention = "auto"            # splash on TPU, cuDNN on GPU, XLA on CPU; or a name
 
   c.mesh = ml_collections.ConfigDict(mesh)
   c.sharding_rules = ()                 # overrides of parallel.sharding.DEFAULT_RULES, by axis

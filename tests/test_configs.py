@@ -238,6 +238,8 @@ def _world_tokenizer(tmp_path):
      "config.model.preset: unknown 'tinyy' (did you mean 'tiny'?)"),
     (lambda c: setattr(c.model, "family", "qwen25_vl"),
      "config.model.family: unknown 'qwen25_vl' (did you mean 'qwen2_5_vl'?)"),
+    (lambda c: setattr(c.model, "attention", "flash"),
+     "config.model.attention: unknown 'flash'; known: ['auto', 'xla', 'splash', 'cudnn']"),
     (lambda c: setattr(c.model, "remat_policy", "dots_saveabel"),
      "config.model.remat_policy: unknown 'dots_saveabel'"),
     (lambda c: setattr(c.stages.grpo, "pairs", "verifier"),

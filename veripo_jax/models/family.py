@@ -57,9 +57,11 @@ class ModelFamily:
   name: str
   config_class: type
   presets: Mapping[str, Any]
-  # (config, *, dtype, param_dtype, rngs, rope_mode, scan_layers, remat_policy)
+  # (config, *, dtype, param_dtype, rngs, rope_mode, scan_layers, remat_policy,
+  #  attention_implementation)
   create: Callable[..., CausalLM]
-  # (path, *, dtype, param_dtype, mesh, rules, rope_mode, scan_layers, remat_policy)
+  # (path, *, dtype, param_dtype, mesh, rules, rope_mode, scan_layers, remat_policy,
+  #  attention_implementation)
   load: Callable[..., CausalLM]
   save: Callable[[CausalLM, str], None]
   read_config: Callable[[str], Any]    # a checkpoint directory -> its config

@@ -22,6 +22,7 @@ import jax
 from veripo_jax.config_utils import ConfigError, closest, from_config, reject_unknown
 from veripo_jax.data.sources import check_source
 from veripo_jax.models import FAMILIES
+from veripo_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from veripo_jax.parallel.remat import check_remat_policy
 from veripo_jax.parallel.sharding import merge_rules, mesh_shape
 from veripo_jax.rl.artifacts import STAGE_INPUTS, is_path
@@ -78,6 +79,9 @@ def _check_run_sections(cfg) -> None:
     check_remat_policy(cfg.model.get("remat_policy", "nothing_saveable"))
   except ValueError as e:
     raise ConfigError(f"config.model.{e}") from e
+  if cfg.model.get("attention", "auto") not in ATTENTION_IMPLEMENTATIONS:
+    raise ConfigError(f"config.model.attention: unknown {cfg.model.attention!r}; "
+                      f"known: {list(ATTENTION_IMPLEMENTATIONS)}")
   presets = FAMILIES[family].presets
   preset = cfg.model.get("preset", "")
   if not cfg.model.get("checkpoint") and preset not in presets:

@@ -151,7 +151,7 @@ class TextAttention(nnx.Module):
       v = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype),
                                        (0, 0, index, 0))
       cache_kv = (constrain(k, KVCache.KEY_AXES), constrain(v, KVCache.VALUE_AXES))
-      out = cached_attention(q, *(c.astype(q.dtype) for c in cache_kv), mask)
+      out = cached_attention(q, *(c.astype(q.dtype) for c in cache_kv), mask, self.implementation)
     else:
       # Only the new tokens are written into the stacked cache (in place in the scan's carry);
       # attention then reads this layer's slice.
@@ -165,7 +165,7 @@ class TextAttention(nnx.Module):
       k = constrain(jax.lax.dynamic_index_in_dim(ck, layer, 1, keepdims=False), KVCache.KEY_AXES)
       v = constrain(jax.lax.dynamic_index_in_dim(cv, layer, 1, keepdims=False),
                     KVCache.VALUE_AXES)
-      out = cached_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+      out = cached_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.implementation)
     return self.o_proj(out.reshape(b, l, -1)), cache_kv
 
 

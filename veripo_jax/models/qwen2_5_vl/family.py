@@ -14,10 +14,12 @@ from veripo_jax.models.qwen2_5_vl.vision_index import coarsen_vision
 
 def _create(config: Qwen25VLConfig, *, dtype, param_dtype, rngs: nnx.Rngs,
             rope_mode: str = "legacy", scan_layers: bool = False,
-            remat_policy: str = "nothing_saveable") -> Qwen25VL:
-  """A fresh model; `scan_layers` / `remat_policy` as `Qwen25VL` (also `load`'s keywords)."""
+            remat_policy: str = "nothing_saveable",
+            attention_implementation: str | None = None) -> Qwen25VL:
+  """A fresh model; the keywords as `Qwen25VL`'s (and `load`'s)."""
   return Qwen25VL(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, rope_mode=rope_mode,
-                  scan_layers=scan_layers, remat_policy=remat_policy)
+                  scan_layers=scan_layers, remat_policy=remat_policy,
+                  attention_implementation=attention_implementation)
 
 
 def _coarsen(config: Qwen25VLConfig, inputs: ModelInputs, patch_buckets) -> ModelInputs:

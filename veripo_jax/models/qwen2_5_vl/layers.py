@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from veripo_jax.models import attention as attn
+
 Dtype = jnp.dtype
 _INIT = nnx.initializers.normal(0.02)
 
@@ -76,23 +78,32 @@ def inverse_frequencies(dim: int, theta: float) -> jax.Array:
   return 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask,
               implementation: str | None = None) -> jax.Array:
-  """Scaled dot-product attention with a boolean mask broadcastable to (B, heads, Tq, Tk).
+  """Scaled dot-product attention, q (B, Tq, heads, hd), k/v (B, Tk, kv_heads, hd).
 
-  GQA is native (k/v may have fewer heads). Scores accumulate in fp32 and the softmax is fp32;
-  a fully masked query row yields a finite (uniform) result, never NaN.
+  `mask`: a `SelfAttentionMask` (the decoder's causal / padding / branch mask), a boolean array
+  broadcastable to (B, 1, Tq, Tk), or None. GQA is native (k/v may have fewer heads). Scores
+  accumulate in fp32 and the softmax is fp32; a fully masked query row yields a finite result
+  (on the XLA path the mean of the values; see `veripo_jax.models.attention`). `implementation`
+  picks the kernel: "xla", "splash", "cudnn" or "auto"/None (by platform).
   """
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+  return attn.attention(q, k, v, mask, implementation)
 
 
-def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                     implementation: str | None = None) -> jax.Array:
   """Attention of q (B, L, heads, hd) over a decode cache: k (B, kv_heads, hd, S) and
   v (B, kv_heads, S, hd).
 
   Same numerics as `attention` (GQA, fp32 scores and softmax, a fully masked row finite);
-  `mask` broadcasts to (B, 1, L, S).
+  `mask` broadcasts to (B, 1, L, S). A decode step (and any L below the kernels' minimum)
+  runs here on XLA, reading the cache in place; a prefill of L >= `KERNEL_MIN_QUERIES` tokens
+  goes to the `implementation`'s kernel (with the cache transposed to (B, S, kv_heads, hd)).
   """
+  if q.shape[1] >= attn.KERNEL_MIN_QUERIES and attn.resolve_implementation(implementation) != "xla":
+    return attn.attention(q, k.transpose(0, 3, 1, 2), v.transpose(0, 2, 1, 3), mask,
+                          implementation)
   b, l, h, d = q.shape
   kv = k.shape[1]
   qg = q.reshape(b, l, kv, h // kv, d).transpose(0, 2, 3, 1, 4)            # (B, kv, g, L, hd)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from veripo_jax.models.attention import SelfAttentionMask, check_implementation
 from veripo_jax.models.qwen2_5_vl.config import Qwen25VLConfig
 from veripo_jax.models.qwen2_5_vl.decoder import (DecoderLayer, KVCache, run_layers,
                                                   run_layers_cached, stack_layers)
@@ -42,17 +43,6 @@ class ModelInputs:
   branch: jax.Array | None = None
 
 
-def attention_mask_4d(inputs: ModelInputs) -> jax.Array:
-  """(B, 1, L, L) bool: causal, real keys only, and within-branch when `inputs.branch` is set."""
-  l = inputs.input_ids.shape[1]
-  causal = jnp.tril(jnp.ones((l, l), bool))
-  mask = inputs.attention_mask[:, None, :].astype(bool) & causal[None]
-  if inputs.branch is not None:
-    keys = inputs.branch[:, None, :]
-    mask = mask & ((keys == 0) | (keys == inputs.branch[:, :, None]))
-  return mask[:, None]
-
-
 class Qwen25VL(nnx.Module):
   """Qwen2_5_VLForConditionalGeneration, or Qwen2ForCausalLM when `config.vision` is None.
 
@@ -73,6 +63,7 @@ class Qwen25VL(nnx.Module):
     self.rope_mode = rope_mode
     self.scan_layers = bool(scan_layers)
     self.remat_policy = check_remat_policy(remat_policy)
+    attention_implementation = check_implementation(attention_implementation)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.visual = (None if config.vision is None else
                    VisionTower(config.vision, implementation=attention_implementation, **kw))
@@ -127,7 +118,9 @@ class Qwen25VL(nnx.Module):
     """
     x = self.embed(inputs)
     cos, sin = self.rotary(inputs.position_ids)
-    return run_layers(self.layers, x, cos, sin, attention_mask_4d(inputs), remat=remat,
+    # Causal, real keys only, within-branch: kernels read it as segments, XLA as `dense()`.
+    mask = SelfAttentionMask(inputs.attention_mask.astype(bool), inputs.branch)
+    return run_layers(self.layers, x, cos, sin, mask, remat=remat,
                       remat_policy=self.remat_policy)
 
   def forward(self, inputs: ModelInputs) -> jax.Array:
