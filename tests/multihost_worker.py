@@ -37,6 +37,7 @@ def tiny_config(args):
   grpo.rollout.max_new_tokens = 16
   grpo.global_batch = args.global_batch
   grpo.micro_batch = args.micro_batch
+  grpo.share_prompt = False                # a response a row: the rows split over the hosts
   grpo.rollout.rewards = ("accuracy", "format", TEST_REWARD)
   grpo.save_every_rounds = 1
   grpo.optimizer.learning_rate = 1.5e-3    # a first step large enough that later losses are not ~0

@@ -38,7 +38,7 @@ def _config(**stages):
       dataset_dir="", tokenizer_dir=""))
   c.model = ml_collections.ConfigDict(dict(preset="tiny", checkpoint="", dtype="float32",
                                            param_dtype="float32", rope_mode="legacy"))
-  c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+  c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": -1})  # one batch shard
   c.stage_order = tuple(stages)
   c.stages = ml_collections.ConfigDict(stages)
   return c

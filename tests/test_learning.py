@@ -33,6 +33,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_grpo_then_verifier_dpo_show_figure_1(tmp_path):
   cfg = load_config_file(os.path.join(REPO, "configs/tiny.py"))
   cfg.data.split_sizes = {"train": 1024, "heldout": 256}     # the judge splits are not needed
+  # 8 simulated devices: 4 batch shards, so a GRPO micro-batch's 4 prompt rows split evenly.
+  cfg.mesh.fsdp, cfg.mesh.tensor = 4, 2
   cfg.stage_order = ("sft", "eval_sft", "grpo", "eval_grpo", "verifier", "dpo", "eval_dpo")
   cfg.stages.verifier.judge.from_stage = ""                  # rules judge
   for name in ("eval_sft", "eval_grpo", "eval_dpo"):

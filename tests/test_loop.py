@@ -45,6 +45,7 @@ def loop_config(world):
   c.data.tokenizer_dir = world.tokenizer_dir
   c.stage_order = STAGES
   c.model.text, c.model.vision = {}, {}       # the preset's size: this test is about plumbing
+  c.mesh.fsdp, c.mesh.tensor = 1, -1          # small batches (6 rows): one batch shard
   s = c.stages
   s.sft.steps, s.sft.data.batch_size, s.sft.micro_batch = 120, 6, 6
   s.sft.optimizer.learning_rate, s.sft.optimizer.schedule = 5e-3, "constant"

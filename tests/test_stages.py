@@ -41,6 +41,7 @@ def small_run_config(world):
   c.data.dataset_dir = world.dataset_dir
   c.data.tokenizer_dir = world.tokenizer_dir
   c.stage_order = ("sft", "grpo")
+  c.mesh.fsdp, c.mesh.tensor = 1, -1   # batches of 2 rows: one batch shard
   c.stages.sft.steps = 3
   c.stages.sft.data.batch_size = 4
   c.stages.sft.micro_batch = 2

@@ -71,8 +71,10 @@ def load_policy(cfg, path: str, config, mesh, rules) -> CausalLM:
   family = model_family(cfg)
   # Decoder layers in one lax.scan (flat compile time and activation memory in depth) and the
   # remat policy of its body: `config.model.scan_layers` / `remat_policy`.
+  # `config.model.attention`: "auto" (splash on TPU, cuDNN on GPU, XLA on CPU) or a name.
   layers = dict(scan_layers=cfg.model.get("scan_layers", False),
-                remat_policy=cfg.model.get("remat_policy", "nothing_saveable"))
+                remat_policy=cfg.model.get("remat_policy", "nothing_saveable"),
+                attention_implementation=cfg.model.get("attention", "auto"))
   if path:
     return family.load(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules,
                        rope_mode=cfg.model.rope_mode, **layers)
@@ -112,7 +114,7 @@ def run(cfg, workdir: str, guard: PreemptionGuard | None = None,
   (`ConfigChanged`), or with `rerun_changed` starts again with every stage after it
   (`rl.recorded_config`).
   """
-  stages = plan(cfg)
+  stages = plan(cfg, num_devices=jax.device_count(), num_hosts=jax.process_count())
   os.makedirs(workdir, exist_ok=True)
   stage_dirs = {name: stage_dir(workdir, name) for name in cfg.stage_order}
   redo = check_stages(cfg, stage_dirs, cfg.stage_order, rerun_changed)
