@@ -251,7 +251,7 @@ def test_setup_installs_python_3_11_and_checks_the_config(fake):
   command = command_of(install)
   assert "uv python install 3.11" in command
   assert "uv venv --seed --python 3.11 ~/venv" in command
-  assert "pip install -q -r requirements.txt -e ." in command
+  assert "pip install -q -r requirements-tpu.txt -e ." in command
   assert "git clone https://example.invalid/veripo-jax.git veripo-jax;" in command
   assert check[:len(SSH)] == SSH and "--worker=0" in check
   assert command_of(check).endswith(

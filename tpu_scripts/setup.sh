@@ -9,8 +9,8 @@ On every worker: clones REPO_URL into REPO_DIR under home (or pulls it), install
 3.11 with uv (the image's python3 is 3.10; uv $UV_VERSION comes from PyPI with the image's pip,
 and \`uv python install 3.11\` downloads a standalone CPython build, so the VM needs internet
 beyond PyPI; no sudo or apt), makes ~/venv with it (replacing a venv of an older Python), and
-installs requirements.txt, the package and jax[tpu] into it. Then, on worker 0, compiles the
-config's programs for the slice before the first launch:
+installs requirements-tpu.txt (requirements.txt + jax[tpu]) and the package into it. Then, on
+worker 0, compiles the config's programs for the slice before the first launch:
   python -m veripo_jax.compile_check --config=CONFIG --topology=\$ACCELERATOR_TYPE
 and fails if one does not fit.
   --config=FILE[:ARG]    the config to check (the one launch.sh will run)
@@ -52,8 +52,7 @@ install+=" uv python install 3.11;"
 install+=" if ! ~/venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'"
 install+=" 2>/dev/null;"
 install+=" then rm -rf ~/venv; uv venv --seed --python 3.11 ~/venv; fi;"
-install+=" . ~/venv/bin/activate; pip install -q -r requirements.txt -e .;"
-install+=" pip install -q -U 'jax[tpu]==0.10.2';"
+install+=" . ~/venv/bin/activate; pip install -q -r requirements-tpu.txt -e .;"
 install+=" python -c 'import jax, sys;"
 install+=" print(sys.version.split()[0], jax.process_index(), jax.device_count())'"
 rc=0

@@ -7,12 +7,19 @@ A repetition penalty keeps a (B*G, V) bool table of the ids seen so far (prompt,
 emitted token) in the loop state, sharded like the logits ("batch", "vocab"): 1 byte per entry,
 e.g. 78 MB for 512 rows of a 152k vocabulary before sharding. With penalty 1 there is no table
 and the compiled programs are those without the feature.
+
+`generation(...)` does the host-side preparation and returns the two programs with their
+arguments (`Generation`): `generate` runs them; `veripo_jax.compile_check` lowers and compiles
+them for an abstract model (`nnx.eval_shape`) from the same preparation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +59,46 @@ def generate(model: CausalLM, batch: Mapping[str, Any], max_new_tokens: int, *,
   so far is divided by the penalty if positive, multiplied by it if negative, before
   temperature, top-k and top-p.
   """
+  run = generation(model, batch, max_new_tokens, temperature=temperature, top_p=top_p,
+                   top_k=top_k, repetition_penalty=repetition_penalty, rng=rng,
+                   num_samples=num_samples, eos_token_ids=eos_token_ids,
+                   pad_token_id=pad_token_id, mesh=mesh, rules=rules, prepared=prepared)
+  fn, args, kwargs = run.prefill()
+  logits, cache, seen = fn(*args, **kwargs)
+  fn, args, kwargs = run.decode(logits, cache, seen)
+  out, _ = fn(*args, **kwargs)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """One `generate` call prepared on the host: its two jitted programs and their arguments,
+  each as (jitted function, positional arguments, keyword arguments)."""
+  graphdef: Any
+  state: Any
+  inputs: Any
+  positions: np.ndarray     # (B*G,) int32 rope position of each row's first generated token
+  rng: jax.Array
+  prefill_options: dict
+  decode_options: dict
+
+  def prefill(self):
+    """-> (last logits, cache, seen-token table or None), `num_samples` rows per prompt."""
+    return _prefill, (self.graphdef, self.state, self.inputs), self.prefill_options
+
+  def decode(self, logits, cache, seen):
+    """The decode loop from `prefill`'s outputs -> (GenerateOutput, final cache)."""
+    return (_decode, (self.graphdef, self.state, logits, self.positions, cache, self.rng, seen),
+            self.decode_options)
+
+
+def generation(model: CausalLM, batch: Mapping[str, Any], max_new_tokens: int, *,
+               temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+               repetition_penalty: float = 1.0, rng: jax.Array | None = None,
+               num_samples: int = 1, eos_token_ids: Sequence[int] | None = None,
+               pad_token_id: int | None = None, mesh: Mesh | None = None, rules=DEFAULT_RULES,
+               prepared: tuple[Any, Any] | None = None) -> Generation:
+  """The host-side half of `generate` (same arguments): inputs, positions and options."""
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   params = SamplingParams(temperature, top_p, top_k, repetition_penalty)
@@ -62,14 +109,14 @@ def generate(model: CausalLM, batch: Mapping[str, Any], max_new_tokens: int, *,
   rng = jax.random.key(0) if rng is None else rng
   graphdef, state = nnx.split(model)
   cache_length = inputs.input_ids.shape[1] + max_new_tokens
-  logits, cache, seen = _prefill(graphdef, state, inputs, num_samples=num_samples,
-                                 cache_length=cache_length, mesh=mesh, rules=tuple(rules),
-                                 track_seen=params.repetition_penalty != 1.0)
-  positions = jnp.repeat(jnp.asarray(next_pos, jnp.int32), num_samples)
-  out, _ = _decode(graphdef, state, logits, positions, cache, rng, seen,
-                   max_new_tokens=max_new_tokens, params=params, eos=eos, pad=pad, mesh=mesh,
-                   rules=tuple(rules))
-  return out
+  rules = tuple(rules)
+  return Generation(
+      graphdef=graphdef, state=state, inputs=inputs,
+      positions=np.repeat(np.asarray(next_pos, np.int32), num_samples), rng=rng,
+      prefill_options=dict(num_samples=num_samples, cache_length=cache_length, mesh=mesh,
+                           rules=rules, track_seen=params.repetition_penalty != 1.0),
+      decode_options=dict(max_new_tokens=max_new_tokens, params=params, eos=eos, pad=pad,
+                          mesh=mesh, rules=rules))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_samples", "cache_length", "mesh",

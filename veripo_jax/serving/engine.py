@@ -6,6 +6,11 @@ Each decode slot owns one cache row with its own write index (requests join at d
 steps), so `generate` runs the model's `decode_step` vmapped over slots. A prompt is left-aligned
 to the end of its padded bucket, exactly like a left-padded row of `inference.generate`, so the
 server reproduces its greedy tokens. The server sends and receives token ids only.
+
+The engine can be built over an abstract model (`nnx.eval_shape`, parameters as
+`ShapeDtypeStruct`s with shardings) and a mesh: each jitted piece's `*_call` method gives
+(jitted function, arguments) from the same host-side preparation the engine methods use, which
+`veripo_jax.compile_check` lowers and compiles ahead of time.
 """
 
 from __future__ import annotations
@@ -147,8 +152,10 @@ class QwenEngine(_js.engine_api.Engine):
   def _cache_shardings(self, rules, batch: int, length: int, *, per_slot: bool,
                        split=lambda axis: True):
     """The model's cache layout sharded by its logical axes (those `split` keeps)."""
-    cache = self._model.init_cache(batch, length)
-    abstract = jax.eval_shape(lambda: cache.per_slot() if per_slot else cache)
+    def layout():
+      cache = self._model.init_cache(batch, length)
+      return cache.per_slot() if per_slot else cache
+    abstract = jax.eval_shape(layout)        # shapes only: no cache is allocated
     return jax.tree.map(
         lambda axes, a: self._sharding(tuple(x if split(x) else None for x in axes), a.shape,
                                        rules),
@@ -192,6 +199,11 @@ class QwenEngine(_js.engine_api.Engine):
     """Right-padded tokens from JetStream -> the prompt left-padded in the same bucket."""
     if existing_prefix is not None:
       raise NotImplementedError("continuing a prefix (session_cache) is not supported")
+    fn, args = self.prefill_call(params, padded_tokens, true_length)
+    return fn(*args)
+
+  def prefill_call(self, params: nnx.State, padded_tokens, true_length: int):
+    """(jitted function, arguments) of `prefill`: the host-side preparation of the prompt."""
     tokens = np.asarray(padded_tokens).astype(np.int64)
     bucket = tokens.shape[0]
     n = min(int(true_length), bucket)         # over-long prompts: JetStream kept the last tokens
@@ -201,14 +213,20 @@ class QwenEngine(_js.engine_api.Engine):
     ids[0, bucket - len(real):] = real
     mask[0, bucket - len(real):] = True
     inputs, next_pos = self._model.prepare({"input_ids": ids, "attention_mask": mask})
-    return self._prefill_fn(params, inputs, np.asarray(next_pos, np.int32))
+    return self._prefill_fn, (params, inputs, np.asarray(next_pos, np.int32))
 
   def insert(self, prefix: Prefix, decode_state: DecodeState, slot: int) -> DecodeState:
     # The orchestrator deletes the prefix afterwards: the new state shares no buffer with it.
-    return self._insert_fn(prefix, decode_state, jnp.int32(slot))
+    fn, args = self.insert_call(prefix, decode_state, slot)
+    return fn(*args)
+
+  def insert_call(self, prefix: Prefix, decode_state: DecodeState, slot: int):
+    """(jitted function, arguments) of `insert`."""
+    return self._insert_fn, (prefix, decode_state, np.int32(slot))
 
   def generate(self, params: nnx.State, decode_state: DecodeState):
-    decode_state, data = self._generate_fn(params, decode_state)
+    fn, args = self.generate_call(params, decode_state)
+    decode_state, data = fn(*args)
     return decode_state, _js.engine_api.ResultTokens(
         data=data, tokens_idx=(0, 1), valid_idx=(1, 2), length_idx=(2, 3), samples_per_slot=1)
 
@@ -221,8 +239,17 @@ class QwenEngine(_js.engine_api.Engine):
   def build_tokenizer(self, metadata) -> IdTokenizer:
     return IdTokenizer(self._stop, self.config.pad_token_id)
 
+  def generate_call(self, params: nnx.State, decode_state: DecodeState):
+    """(jitted function, arguments) of `generate`'s step."""
+    return self._generate_fn, (params, decode_state)
+
   def init_decode_state(self, *args, **kwargs) -> DecodeState:
-    return self._init_fn(self._params)
+    fn, args = self.init_call()
+    return fn(*args)
+
+  def init_call(self):
+    """(jitted function, arguments) of `init_decode_state`."""
+    return self._init_fn, (self._params,)
 
   @property
   def max_concurrent_decodes(self) -> int:

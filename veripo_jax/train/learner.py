@@ -5,6 +5,13 @@ optimizer state, all placed on the mesh by their logical axes. A stage supplies 
 `loss_fn(model, batch) -> LossTerms` (a hashable callable: it is a static jit argument) and
 micro-batches; `accumulate` adds gradient *sums* and loss weights, `apply` divides once and
 updates. Both are jitted with explicit shardings and donate the buffers they replace.
+
+A learner built from an abstract model (`nnx.eval_shape`: parameters are `ShapeDtypeStruct`s)
+is the same learner without buffers: the same shardings, its state and batches placed as
+`ShapeDtypeStruct`s carrying them, and every step returning the shapes of its result
+(`jax.eval_shape`) instead of running. Each step's `*_call` method gives the jitted function
+and its arguments, which run the step (`fn(*args)`) or compile it ahead of time
+(`fn.lower(*args).compile()`, `veripo_jax.compile_check`).
 """
 
 from __future__ import annotations
@@ -81,9 +88,14 @@ def batch_sharding_tree(batch, mesh: Mesh, data_axes: Sequence[str] = ("data", "
   return jax.tree_util.tree_map_with_path(spec, batch)
 
 
-def put_global(tree, shardings):
-  """Host numpy (identical on every process) -> global arrays; each process fills its shards."""
+def put_global(tree, shardings, *, abstract: bool = False):
+  """Host numpy (identical on every process) -> global arrays; each process fills its shards.
+  `abstract`: `ShapeDtypeStruct`s with those shardings instead (nothing is transferred); a
+  `ShapeDtypeStruct` in `tree` (an abstract learner's output) always stays one."""
   def put(x, sharding):
+    if abstract or isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(np.shape(x), x.dtype if hasattr(x, "dtype")
+                                  else np.asarray(x).dtype, sharding=sharding)
     if isinstance(x, jax.Array):          # already global (e.g. features computed on the mesh)
       return jax.device_put(x, sharding)
     x = np.asarray(x)
@@ -91,8 +103,15 @@ def put_global(tree, shardings):
   return jax.tree.map(put, tree, shardings)
 
 
+def is_abstract(tree) -> bool:
+  """Whether `tree` (e.g. a model's state) holds `ShapeDtypeStruct`s rather than arrays."""
+  return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree))
+
+
 class Learner:
-  """Trainable/frozen split, optimizer and the jitted accumulate/apply pair."""
+  """Trainable/frozen split, optimizer and the jitted accumulate/apply pair.
+
+  `model` may be abstract (`nnx.eval_shape`): see the module docstring."""
 
   def __init__(self, model: nnx.Module, optimizer: OptimizerConfig, mesh: Mesh, *,
                rules: LogicalRules = DEFAULT_RULES, frozen: Sequence[str] = (r"^visual\.",)):
@@ -104,14 +123,25 @@ class Learner:
     self.graphdef, params, self.frozen = nnx.split(model, trainable, ...)
     if not jax.tree.leaves(params):
       raise ValueError(f"no trainable parameters left after freezing {list(frozen)}")
+    self.abstract = is_abstract(params)
     self.param_shardings = tree_shardings(params, mesh, self.rules)
     self.frozen_shardings = tree_shardings(self.frozen, mesh, self.rules)
-    self.frozen = jax.device_put(self.frozen, self.frozen_shardings)
+    self.frozen = self._place(self.frozen, self.frozen_shardings)
     abstract = jax.eval_shape(self._init_state, params)
     self.state_shardings = tree_shardings(abstract, mesh, self.rules)
-    self.state = jax.jit(self._init_state, out_shardings=self.state_shardings)(
-        jax.device_put(params, self.param_shardings))
+    init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+    self.state = self._run(init, (self._place(params, self.param_shardings),))
     self._jits: dict = {}
+
+  def _place(self, tree, shardings):
+    """`tree` on the mesh: device buffers, or (abstract learner) shapes with shardings."""
+    if self.abstract:
+      return put_global(tree, shardings, abstract=True)
+    return jax.device_put(tree, shardings)
+
+  def _run(self, fn, args):
+    """Runs a jitted step, or (abstract learner) returns the shapes of its result."""
+    return fn.eval_shape(*args) if self.abstract else fn(*args)
 
   def _init_state(self, params) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -132,6 +162,8 @@ class Learner:
 
   def snapshot(self) -> nnx.State:
     """A copy of the current trainable parameters (a frozen reference policy)."""
+    if self.abstract:
+      return self.state.params
     return jax.tree.map(lambda x: x.copy(), self.state.params)
 
   def abstract_state(self):
@@ -140,19 +172,25 @@ class Learner:
                         self.state, self.state_shardings)
 
   def put_batch(self, batch):
-    return put_global(batch, batch_sharding_tree(batch, self.mesh))
+    """Host numpy -> global arrays by `batch_sharding_tree` (abstract learner: their shapes)."""
+    return put_global(batch, batch_sharding_tree(batch, self.mesh), abstract=self.abstract)
 
   # --- steps ---------------------------------------------------------------------------------
 
   def accumulate(self, loss_fn: LossFn, batch, acc: Accumulator | None = None) -> Accumulator:
-    """Adds one micro-batch's gradient sums to `acc` (donated), or starts a new accumulator."""
+    """Adds one micro-batch's gradient sums to `acc` (donated), or starts a new accumulator.
+    `batch` is on the mesh already (`put_batch`)."""
+    return self._run(*self.accumulate_call(loss_fn, batch, acc))
+
+  def accumulate_call(self, loss_fn: LossFn, batch, acc: Accumulator | None = None):
+    """(jitted function, its arguments) of `accumulate`."""
     key = ("accumulate", loss_fn, acc is None)
     if key not in self._jits:
       self._jits[key] = jax.jit(
           functools.partial(self._accumulate, loss_fn),
           in_shardings=(self.param_shardings, self.frozen_shardings, None, None),
           donate_argnums=(2,))
-    return self._jits[key](self.state.params, self.frozen, acc, batch)
+    return self._jits[key], (self.state.params, self.frozen, acc, batch)
 
   def _accumulate(self, loss_fn, params, frozen, acc, batch) -> Accumulator:
     with activation_sharding(self.mesh, self.rules):
@@ -165,16 +203,22 @@ class Learner:
     return new if acc is None else jax.tree.map(jnp.add, acc, new)
 
   def apply(self, acc: Accumulator) -> dict[str, float]:
-    """One optimizer update from accumulated sums; returns host metrics of the step."""
+    """One optimizer update from accumulated sums; returns host metrics of the step (an
+    abstract learner: their shapes)."""
+    self.state, metrics = self._run(*self.apply_call(acc))
+    if self.abstract:
+      return metrics
+    out = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    out["lr"] = float(self.schedule(int(self.state.step) - 1))    # the rate of this update
+    return out
+
+  def apply_call(self, acc: Accumulator):
+    """(jitted function, its arguments) of `apply`."""
     if "apply" not in self._jits:
       self._jits["apply"] = jax.jit(
           self._apply, in_shardings=(self.state_shardings, None),
           out_shardings=(self.state_shardings, None), donate_argnums=(0, 1))
-    lr = float(self.schedule(int(self.state.step)))
-    self.state, metrics = self._jits["apply"](self.state, acc)
-    out = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    out["lr"] = lr
-    return out
+    return self._jits["apply"], (self.state, acc)
 
   def _apply(self, state: TrainState, acc: Accumulator):
     weight = jnp.maximum(acc.weight, 1e-9)
@@ -197,7 +241,12 @@ class Learner:
     return self.apply(acc)
 
   def evaluate(self, fn: Callable, batch, params: nnx.State | None = None):
-    """`fn(model, batch)` under jit without gradients (reference log-probs, eval losses)."""
+    """`fn(model, batch)` under jit without gradients (reference log-probs, eval losses);
+    `batch` is host numpy (placed here). An abstract learner returns the result's shapes."""
+    return self._run(*self.evaluate_call(fn, batch, params))
+
+  def evaluate_call(self, fn: Callable, batch, params: nnx.State | None = None):
+    """(jitted function, its arguments) of `evaluate`."""
     key = ("evaluate", fn)
     if key not in self._jits:
       def run(p, frozen, b):
@@ -205,5 +254,5 @@ class Learner:
           return fn(nnx.merge(self.graphdef, p, frozen), b)
       self._jits[key] = jax.jit(run, in_shardings=(self.param_shardings,
                                                    self.frozen_shardings, None))
-    return self._jits[key](self.state.params if params is None else params, self.frozen,
-                           self.put_batch(batch))
+    return self._jits[key], (self.state.params if params is None else params, self.frozen,
+                             self.put_batch(batch))
