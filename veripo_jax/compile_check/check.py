@@ -12,9 +12,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from veripo_jax.compile_check.inputs import (PresetTokenizer, abstract_model,
-                                             checkpoint_config_path, per_chip_bytes,
-                                             place_model)
+from veripo_jax.compile_check.inputs import (abstract_model, checkpoint_config_path,
+                                             per_chip_bytes, place_model, run_model_config)
 from veripo_jax.compile_check.programs import BUILDERS, Env, Program, abstract_args
 from veripo_jax.compile_check.topology import Topology
 from veripo_jax.parallel.sharding import make_mesh, merge_rules
@@ -40,15 +39,11 @@ def run_environment(cfg, topology: Topology, *, prompt_length: int | None = None
                     max_frames: int | None = None, judge_preset: str | None = None) -> Env:
   """The run's mesh on the topology's devices, its model config (from the checkpoint's
   config.json when there is one, else the preset), and abstract model builders."""
-  from veripo_jax.rl.loop import model_family, policy_config
   from veripo_jax.rl.stage import RunContext
   devices = topology.devices()
   mesh = make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
   rules = merge_rules(cfg.get("sharding_rules", ()))
-  family = model_family(cfg)
-  checkpoint = checkpoint_config_path(cfg.model.get("checkpoint", ""))
-  tokenizer = PresetTokenizer(family.preset(cfg.model.preset)) if not checkpoint else None
-  model_config = policy_config(cfg, checkpoint, tokenizer)
+  family, tokenizer, model_config = run_model_config(cfg)
   ctx = RunContext(workdir="", mesh=mesh, model_config=model_config, tokenizer=tokenizer,
                    tokenizer_dir="", dataset_dir="", writer=None, guard=None,
                    rope_mode=cfg.model.rope_mode, rules=rules, seed=cfg.seed)

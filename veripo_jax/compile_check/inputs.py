@@ -52,6 +52,16 @@ def checkpoint_config_path(path: str) -> str:
   return path if path and os.path.exists(os.path.join(path, "config.json")) else ""
 
 
+def run_model_config(cfg):
+  """The run's model family, tokenizer stand-in (None with a checkpoint) and policy config:
+  from the checkpoint's config.json when there is one, else the preset."""
+  from veripo_jax.rl.loop import model_family, policy_config
+  family = model_family(cfg)
+  checkpoint = checkpoint_config_path(cfg.model.get("checkpoint", ""))
+  tokenizer = PresetTokenizer(family.preset(cfg.model.preset)) if not checkpoint else None
+  return family, tokenizer, policy_config(cfg, checkpoint, tokenizer)
+
+
 def abstract_model(family, config, *, dtype, param_dtype, seed: int = 0,
                    rope_mode: str = "legacy", scan_layers: bool = False,
                    remat_policy: str = "nothing_saveable"):
