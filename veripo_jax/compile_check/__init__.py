@@ -9,8 +9,10 @@ abstract models (`nnx.eval_shape`) and the run's shardings: SFT / GRPO / DPO `Le
 accumulate and apply, the log-prob passes, the frozen tower's features, rollout and evaluation
 `generate` (prefill and decode), and the judge server's engine (init, prefill, insert,
 generate). One row per program: per-chip bytes (XLA's memory analysis plus the stage's other
-live buffers) against the chip's HBM, compile seconds on this host, and XLA's FLOPs. The
-command exits 1 when a program does not fit, 2 on a bad flag, config or topology.
+live buffers) against the chip's HBM, compile seconds on this host, and XLA's FLOPs (which
+count a loop body once: with scanned layers one layer's, for decode one step's; time estimates
+are `compile_check.cost`'s). The command exits 1 when a program does not fit, 2 on a bad flag,
+config or topology.
 """
 
 from veripo_jax.compile_check.check import Row, check, format_row, write_json
