@@ -43,6 +43,7 @@ import ml_collections
 # Placeholders, overridden on the command line (checkpoints are read from local directories);
 # shared references tie the copies together (see the docstring).
 CHECKPOINT = "/path/to/Qwen2.5-VL-7B-Instruct"
+CHECKPOINT_72B = "/path/to/Qwen2.5-VL-72B-Instruct"
 TRAIN_DATASET_DIR = "/path/to/tfds/veripo_train/VERSION"
 BENCHMARK_VIDEOS = "/path/to/benchmark/videos"   # VSI-Bench/..., MMVU/..., TOMATO/..., ...
 # The judge of the Rollout-Aware Verifier: the paper says "a small LLM" and does not name it;
@@ -214,16 +215,20 @@ def _optimizer(learning_rate):
               schedule="cosine", end_lr_ratio=0.1, weight_decay=0.0, max_grad_norm=1.0)
 
 
-def get_config(tpu="v5p-128"):
-  """`tpu`: a v5p slice name; v5p names count TensorCores, two per chip, four chips a host.
+def get_config(slice_name="v5p-128"):
+  """`slice_name`: a v5p slice name; v5p names count TensorCores, two per chip, four chips a
+  host. `72b-` before it (`:72b-v5p-256`) gives the same recipe for Qwen2.5-VL-72B-Instruct.
 
   Offered: v5p-128 (the default) and v5p-256, with Table 1's global batches and each chip's
   share of a micro-batch as on v5p-128 (or less). Larger slices are refused: per-host batch
   sizes cannot keep Table 1's 32 DPO pairs a step (v5p-512: 64 hosts) or 64 prompts a round
   (v5p-1024: 128 hosts), and a batch the hosts or batch shards do not divide would have to
-  shrink the global batch or be replicated. Smaller slices are not sized here.
+  shrink the global batch or be replicated. Smaller slices are not sized here. The 72B
+  variant is offered on v5p-256, the smallest slice `compile_check` has fitted it on
+  (README, Paper scale).
   """
-  supported = ("v5p-128", "v5p-256")
+  preset, tpu = ("72b", slice_name[4:]) if slice_name.startswith("72b-") else ("7b", slice_name)
+  supported = {"7b": ("v5p-128", "v5p-256"), "72b": ("v5p-256",)}[preset]
   if not tpu.startswith("v5p-") or not tpu[len("v5p-"):].isdigit():
     raise ValueError(f"expected a v5p slice name like v5p-128, got {tpu!r}; supported slices: "
                      f"{', '.join(supported)}")
@@ -235,8 +240,10 @@ def get_config(tpu="v5p-128"):
                (f"{ROLLOUT_PROMPTS} prompts a round", ROLLOUT_PROMPTS))
     split = [what for what, n in batches if n % hosts]
     why = (f"Table 1's {split[0]} does not split over {hosts} hosts (per-host batch sizes)"
-           if split else "the recipe's micro-batches are not sized for it")
-    raise ValueError(f"{tpu}: {why}; supported slices: {', '.join(supported)}")
+           if split else "compile_check has not fitted the 72B variant there" if preset == "72b"
+           else "the recipe's micro-batches are not sized for it")
+    raise ValueError(f"{slice_name}: {why}; supported slices: "
+                     f"{', '.join(f'{preset}-{t}' if preset != '7b' else t for t in supported)}")
   # Mesh: tensor=4 over each host's 4 chips (the innermost mesh axis), fsdp over the hosts.
   # - Decoding reads every weight at every token; with tensor=4 a chip gathers a quarter of
   #   the (fp32, 33 GB) weights instead of all of them.
@@ -250,7 +257,7 @@ def get_config(tpu="v5p-128"):
   #   over all 64 chips: 1.5 GB a chip, leaving the HBM (95 GB) to KV caches and activations.
   shards = hosts
   return recipe(
-      checkpoint=CHECKPOINT, preset="7b", mesh={"data": 1, "fsdp": -1, "tensor": min(4, chips)},
+      checkpoint=CHECKPOINT_72B if preset == "72b" else CHECKPOINT, preset=preset, mesh={"data": 1, "fsdp": -1, "tensor": min(4, chips)},
       hosts=hosts, prompts_per_round=ROLLOUT_PROMPTS,
       # Per batch shard, as on v5p-128: micro-batches of 4 sequences of up to 5.6k tokens
       # (64 responses on 16 shards; at most Table 1's 64 a step), remat storing only each

@@ -151,6 +151,18 @@ def test_tpu_slices_keep_the_global_batches():
     load(TPU_7B, "v4-8")
 
 
+def test_the_72b_variant_is_the_same_recipe_on_the_slice_it_fits():
+  seven, big = load(TPU_7B, "v5p-256"), load(TPU_7B, "72b-v5p-256")
+  assert (seven.model.preset, big.model.preset) == ("7b", "72b")
+  assert big.model.checkpoint.endswith("Qwen2.5-VL-72B-Instruct")
+  planned, reference = plan(big, num_devices=128, num_hosts=32), plan(seven)
+  assert list(planned) == list(reference)
+  assert planned["dpo_1"].config.data.batch_size == reference["dpo_1"].config.data.batch_size
+  with pytest.raises(ValueError, match="compile_check has not fitted the 72B variant there; "
+                     "supported slices: 72b-v5p-256"):
+    load(TPU_7B, "72b-v5p-128")
+
+
 def test_gpu_recipe_keeps_table_1_but_sizes():
   cfg = load(GPU_3B)
   gpu, tpu = build_stages(cfg), build_stages(load(TPU_7B))
