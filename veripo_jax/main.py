@@ -50,6 +50,11 @@ _RERUN_CHANGED = flags.DEFINE_bool(
     "with every stage after it (their old outputs kept as stages/<name>.replaced-<n>); without "
     "it such a run stops before starting, naming the changed fields.")
 
+_RERUN_FROM = flags.DEFINE_string(
+    "rerun_from", None, "Run this stage and every stage after it again, changed or not (their "
+    "old outputs kept as stages/<name>.replaced-<n>); a config change in an earlier done stage "
+    "still stops the run.")
+
 __all__ = ["main", "run"]      # `run(cfg, workdir)` is the loop (veripo_jax.rl.loop), re-exported
 
 _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
@@ -102,7 +107,8 @@ def main(argv):
   logging.info("compilation cache: %s", cache or "off")
   start = time.monotonic()
   try:
-    run(cfg, _WORKDIR.value, rerun_changed=_RERUN_CHANGED.value)
+    run(cfg, _WORKDIR.value, rerun_changed=_RERUN_CHANGED.value,
+        rerun_from=_RERUN_FROM.value)
   except ConfigError as e:
     config_error(str(e))
   except Preempted as e:

@@ -106,22 +106,22 @@ def stage_init(planned: PlannedStage, current: str, ctx: RunContext) -> str:
 
 
 def run(cfg, workdir: str, guard: PreemptionGuard | None = None,
-        rerun_changed: bool = False) -> dict[str, dict]:
+        rerun_changed: bool = False, rerun_from: str | None = None) -> dict[str, dict]:
   """Runs (or resumes) every stage; returns their summaries by name.
 
   `guard` decides when to stop early (default: on SIGTERM); the stopped stage saves first. A
   stage that ran in this workdir with another config stops the run before anything runs
-  (`ConfigChanged`), or with `rerun_changed` starts again with every stage after it
-  (`rl.recorded_config`).
+  (`ConfigChanged`), or with `rerun_changed` starts again with every stage after it;
+  `rerun_from` names the stage to start again from (`rl.recorded_config`).
   """
   stages = plan(cfg, num_devices=jax.device_count(), num_hosts=jax.process_count())
   os.makedirs(workdir, exist_ok=True)
   stage_dirs = {name: stage_dir(workdir, name) for name in cfg.stage_order}
-  redo = check_stages(cfg, stage_dirs, cfg.stage_order, rerun_changed)
+  redo = check_stages(cfg, stage_dirs, cfg.stage_order, rerun_changed, rerun_from)
   if jax.process_index() == 0:
     check_data(cfg, workdir)
     for name in redo:
-      logging.warning("stage %s: config changed; running it again (old outputs: %s)", name,
+      logging.warning("stage %s: running it again (old outputs: %s)", name,
                       set_aside(stage_dirs[name]))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("veripo_configs_checked")

@@ -69,13 +69,19 @@ def check_data(cfg, workdir: str) -> None:
                         "config.data; use a new --workdir")
 
 
-def check_stages(cfg, stage_dirs: dict[str, str], order: Sequence[str], rerun_changed: bool
-                 ) -> list[str]:
-  """Stages (in order) to start again: the first whose record differs and all after it.
+def check_stages(cfg, stage_dirs: dict[str, str], order: Sequence[str], rerun_changed: bool,
+                 rerun_from: str | None = None) -> list[str]:
+  """Stages (in order) to start again: the first whose record differs and all after it, or
+  (`rerun_from`) the named stage and all after it, changed or not.
 
-  Without `rerun_changed`, a difference raises `ConfigChanged` naming the fields instead.
+  A difference raises `ConfigChanged` naming the fields instead, unless `rerun_changed`, or
+  `rerun_from` names that stage or an earlier one.
   """
-  for i, name in enumerate(order):
+  if rerun_from is not None and rerun_from not in order:
+    raise ConfigChanged(f"--rerun_from={rerun_from}: no such stage; the config's stages: "
+                        f"{', '.join(order)}")
+  start = order.index(rerun_from) if rerun_from is not None else len(order)
+  for i, name in enumerate(order[:start]):
     path = os.path.join(stage_dirs[name], CONFIG_FILE)
     if not os.path.exists(path):
       continue
@@ -85,10 +91,11 @@ def check_stages(cfg, stage_dirs: dict[str, str], order: Sequence[str], rerun_ch
     if not rerun_changed:
       raise ConfigChanged(
           f"{'; '.join(changed)} since stage {name} ran in this workdir; pass "
-          f"--rerun_changed to run it and the stages after it again (their outputs are kept "
-          "as <stage>.replaced-<n>), or use a new --workdir")
-    return [n for n in order[i:] if os.path.exists(stage_dirs[n])]
-  return []
+          f"--rerun_from={name} (or --rerun_changed) to run it and the stages after it again "
+          "(their outputs are kept as <stage>.replaced-<n>), or use a new --workdir")
+    start = i
+    break
+  return [n for n in order[start:] if os.path.exists(stage_dirs[n])]
 
 
 def set_aside(stage_dir: str) -> str:
