@@ -26,7 +26,8 @@ def xla_flops(fn, *args) -> float:
 def test_decoder_forward_flops_match_xla_on_an_unrolled_decoder(heads, kv, length):
   """A forward of the unscanned decoder (no loop hides work from XLA's count): XLA computes
   every query against every key (the causal mask applied after), so keys = the length. Within
-  2% (measured 0.6%): XLA also counts norms, rope, softmax and the activation, which the estimate leaves out."""
+  2% (measured 0.6%): XLA also counts norms, rope, softmax and the activation, which the
+  estimate leaves out."""
   text = TextConfig(vocab_size=1024, hidden_size=256, intermediate_size=768,
                     num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv,
                     head_dim=64, mrope_section=(8, 12, 12), max_position_embeddings=4096)

@@ -9,8 +9,9 @@ launch time, bf16 weights read once per decode step, every rollout running all
 `max_new_tokens` steps (the "up to" bound). FLOPs are counted from the architecture because
 XLA's cost analysis counts a loop body once (a scanned layer stack reports one layer, the
 decode loop one step); `tests/test_cost.py` checks the decoder's count against XLA's on an
-unrolled decoder (0.6% apart: XLA also counts norms, rope and softmax). A GRPO sample is one prompt with its G rollouts and its share of the update; a DPO
-sample is one pair with its reference pass. The MFU bound is model FLOPs (2 per parameter per
+unrolled decoder (0.6% apart: XLA also counts norms, rope and softmax). A GRPO sample is one
+prompt with its G rollouts and its share of the update; a DPO sample is one pair with its
+reference pass. The MFU bound is model FLOPs (2 per parameter per
 token forward, 6 trained, no remat) over the estimated time at peak.
 """
 
@@ -130,7 +131,8 @@ def grpo_estimate(name: str, cfg, config, topology: Topology, *, prompt_length: 
   weights = decoder_matmul_params(text) * 2 / tensor
   context = p + r / 2
   kv = 2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * 2 * context
-  step = roof.step(decoder_forward_flops(text, rows, context), weights + kv * rows / topology.chips)
+  step = roof.step(decoder_forward_flops(text, rows, context),
+                   weights + kv * rows / topology.chips)
   tokens = p + g * r if cfg.share_prompt else g * (p + r)
   forward = decoder_forward_flops(text, tokens, causal_keys(p + r))
   prefill = decoder_forward_flops(text, p, causal_keys(p))
@@ -142,7 +144,8 @@ def grpo_estimate(name: str, cfg, config, topology: Topology, *, prompt_length: 
              "update": roof.compute(train * forward)}
   model = (vision + prefill + decoder_forward_flops(text, g * r, context)
            + (passes + 3) * forward)
-  return Estimate(name, "grpo", f"a prompt and its {g} rollouts of up to {r} tokens", seconds, model)
+  return Estimate(name, "grpo", f"a prompt and its {g} rollouts of up to {r} tokens", seconds,
+                  model)
 
 
 def dpo_estimate(name: str, cfg, config, topology: Topology, *, prompt_length: int,
@@ -160,7 +163,8 @@ def dpo_estimate(name: str, cfg, config, topology: Topology, *, prompt_length: i
   vision = _vision_flops(config, cfg.data.vision) / share
   seconds = {"vision": roof.compute(vision), "reference": roof.compute(forward),
              "update": roof.compute(train * forward)}
-  return Estimate(name, "dpo", f"a pair of up to {r}-token responses", seconds, vision + 4 * forward)
+  return Estimate(name, "dpo", f"a pair of up to {r}-token responses", seconds,
+                  vision + 4 * forward)
 
 
 ESTIMATES = {"grpo": grpo_estimate, "dpo": dpo_estimate}
