@@ -156,8 +156,9 @@ def test_delete_asks_on_a_terminal(fake, answer, deleted):
     ["--config=configs/tiny.py", "--workdir=/mnt/shared/run", "--bogus"],
     ["--config=configs/tiny.py", "--workdir=/mnt/shared/run", "--config.seed"],
     ["--config=configs/tiny.py", "--workdir=/mnt/shared/run", "--check-seconds=soon"],
+    ["--config=configs/tiny.py", "--workdir=/mnt/shared/run", "--rerun_from", "dpo"],
 ], ids=["nothing", "no-workdir", "no-config", "empty-config", "workdir-without-value",
-        "unknown-flag", "override-without-value", "bad-check-seconds"])
+        "unknown-flag", "override-without-value", "bad-check-seconds", "rerun-from-spaced"])
 def test_launch_usage_errors_touch_no_worker(fake, args):
   out = fake.run("launch.sh", *args)
   assert out.returncode == 2
@@ -165,9 +166,10 @@ def test_launch_usage_errors_touch_no_worker(fake, args):
   assert fake.calls() == []
 
 
-def test_launch_command(fake):
+@pytest.mark.parametrize("rerun", ["--rerun_changed", "--rerun_from=dpo"])
+def test_launch_command(fake, rerun):
   out = fake.run("launch.sh", "--config", "configs/tiny.py", "--workdir=/mnt/shared/my run",
-                 "--config.stages.grpo.rounds=2", "--rerun_changed", "--", "-v", "1")
+                 "--config.stages.grpo.rounds=2", rerun, "--", "-v", "1")
   assert out.returncode == 0, out.stderr
   (call,) = fake.calls()
   assert call[:len(SSH)] == SSH and "--worker=all" in call
@@ -175,7 +177,7 @@ def test_launch_command(fake):
   main = command[command.index("python -m veripo_jax.main"):command.index("> ~/run.log")]
   assert shlex.split(main) == ["python", "-m", "veripo_jax.main", "--multihost",
                                "--config=configs/tiny.py", "--workdir=/mnt/shared/my run",
-                               "--config.stages.grpo.rounds=2", "--rerun_changed", "-v", "1"]
+                               "--config.stages.grpo.rounds=2", rerun, "-v", "1"]
   assert "cd veripo-jax;" in command and ". ~/venv/bin/activate;" in command
 
 

@@ -2,7 +2,8 @@
 # Starts a run on all workers in the background, logging to ~/run.log on each.
 set -euo pipefail
 USAGE="Usage: TPU_NAME=NAME tpu_scripts/launch.sh --config=configs/X.py --workdir=DIR
-  [--config.FIELD=VALUE ...] [--rerun_changed] [-v N] [--check-seconds=N] [--dry-run]
+  [--config.FIELD=VALUE ...] [--rerun_changed | --rerun_from=STAGE] [-v N]
+  [--check-seconds=N] [--dry-run]
   [-h|--help] [-- MORE_MAIN_ARGS...]
 
 Starts \`python -m veripo_jax.main --multihost --config=... --workdir=...\` in the background on
@@ -16,8 +17,8 @@ placeholders to override are in its docstring):
 
   --config=FILE[:ARG]   the ml-collections config (required)
   --workdir=DIR         the shared run directory (required); re-use resumes
-  --config.FIELD=VALUE, --rerun_changed, -v N: passed on to veripo_jax.main, as is
-                        everything after --
+  --config.FIELD=VALUE, --rerun_changed, --rerun_from=STAGE, -v N: passed on to
+                        veripo_jax.main, as is everything after --
   --check-seconds=N     after starting, wait N seconds (default 30; 0: don't) and fail, with
                         the log's tail, on any worker whose run already exited non-zero
   --dry-run             print the gcloud command instead of running it
@@ -42,7 +43,9 @@ while (($#)); do
       shift ;;
     --config.*=*) main_args+=("$1") ;;
     --config.*) usage_error "write a config override as $1=VALUE" ;;
-    --rerun_changed | --norerun_changed | -v=* | --verbosity=*) main_args+=("$1") ;;
+    --rerun_changed | --norerun_changed | --rerun_from=* | -v=* | --verbosity=*)
+      main_args+=("$1") ;;
+    --rerun_from) usage_error "write --rerun_from=STAGE" ;;
     -v | --verbosity)
       (($# >= 2)) || usage_error "$1 needs a value"
       main_args+=("$1" "$2")

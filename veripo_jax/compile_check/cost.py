@@ -23,9 +23,6 @@ import sys
 
 from veripo_jax.compile_check.topology import Topology
 
-# Per chip: peak bf16 FLOP/s and HBM bytes/s (Cloud TPU documentation).
-CHIP_PEAKS = {"v4": (275e12, 1228e9), "v5p": (459e12, 2765e9), "v5e": (197e12, 819e9),
-              "v6e": (918e12, 1640e9)}
 # Forward passes a remat'd training step runs per forward: forward, its recompute, and the
 # backward's two (nothing_saveable); saving the matmuls skips the recompute of most FLOPs.
 REMAT_PASSES = {"none": 3.0, "dots_saveable": 3.0, "dots_with_no_batch_dims_saveable": 3.0,
@@ -82,22 +79,20 @@ class Estimate:
     return sum(self.seconds.values())
 
   def mfu_bound(self, topology: Topology) -> float:
-    peak, _ = CHIP_PEAKS[topology.kind]
-    return self.model_flops / (self.total_s * topology.chips * peak)
+    return self.model_flops / (self.total_s * topology.chips * topology.peak_flops)
 
 
 class Roofline:
-  """Times of FLOPs and bytes spread over a slice's chips."""
+  """Times of FLOPs and bytes spread over a slice's chips, weights sharded `tensor` ways."""
 
-  def __init__(self, topology: Topology):
-    self.chips = topology.chips
-    self.peak, self.bandwidth = CHIP_PEAKS[topology.kind]
+  def __init__(self, topology: Topology, tensor: int = 1):
+    self.topology, self.tensor = topology, tensor
 
   def compute(self, flops: float) -> float:
-    return flops / (self.chips * self.peak)
+    return flops / (self.topology.chips * self.topology.peak_flops)
 
   def step(self, flops: float, bytes_per_chip: float) -> float:
-    return max(self.compute(flops), bytes_per_chip / self.bandwidth)
+    return max(self.compute(flops), bytes_per_chip / self.topology.hbm_bandwidth)
 
 
 def _vision_flops(config, settings) -> float:
@@ -118,17 +113,17 @@ def video_tokens(config, vision_settings) -> int:
   return groups * vision_settings.max_pixels // (v.patch_size ** 2 * v.spatial_merge_size ** 2)
 
 
-def grpo_estimate(name: str, cfg, config, topology: Topology, *, prompt_length: int,
-                  tensor: int, remat_policy: str) -> Estimate:
+def grpo_estimate(name: str, cfg, config, roof: Roofline, *, prompt_length: int,
+                  remat_policy: str) -> Estimate:
   """One prompt: vision, prefill, G rollouts of up to `max_new_tokens`, log-prob passes and the
   update over its G sequences."""
-  text, roof = config.text, Roofline(topology)
+  text, topology = config.text, roof.topology
   g, r, p = cfg.rollout.num_samples, cfg.rollout.max_new_tokens, prompt_length
   prompts = cfg.data.batch_size * topology.hosts
   rows = prompts * g
   # A decode step: every row's token; each chip reads its tensor shard of the bf16 weights
   # (gathered over the batch axes) and its rows' KV cache at the mean context.
-  weights = decoder_matmul_params(text) * 2 / tensor
+  weights = decoder_matmul_params(text) * 2 / roof.tensor
   context = p + r / 2
   kv = 2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * 2 * context
   step = roof.step(decoder_forward_flops(text, rows, context),
@@ -148,13 +143,12 @@ def grpo_estimate(name: str, cfg, config, topology: Topology, *, prompt_length: 
                   model)
 
 
-def dpo_estimate(name: str, cfg, config, topology: Topology, *, prompt_length: int,
-                 tensor: int, remat_policy: str) -> Estimate:
+def dpo_estimate(name: str, cfg, config, roof: Roofline, *, prompt_length: int,
+                 remat_policy: str) -> Estimate:
   """One pair: its share of the prompt's vision features, the reference pass and the update
   over prompt, chosen and rejected (with `share_prompt` a row holds `pairs_per_row` pairs
   after one prompt)."""
-  del tensor
-  text, roof = config.text, Roofline(topology)
+  text = config.text
   p, r = prompt_length, cfg.data.response_buckets[-1]
   share = cfg.pairs_per_row if cfg.share_prompt else 1
   tokens = p / share + 2 * r if cfg.share_prompt else 2 * (p + r)
@@ -178,8 +172,9 @@ def estimates(cfg, topology: Topology, prompt_length: int) -> list[Estimate]:
   fixed = math.prod(n for n in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) if n > 0)
   tensor = cfg.mesh.tensor if cfg.mesh.tensor > 0 else topology.chips // fixed
   policy = cfg.model.get("remat_policy", "nothing_saveable")
-  return [ESTIMATES[s.kind](name, s.config, config, topology, prompt_length=prompt_length,
-                            tensor=tensor, remat_policy=policy)
+  roof = Roofline(topology, tensor)
+  return [ESTIMATES[s.kind](name, s.config, config, roof, prompt_length=prompt_length,
+                            remat_policy=policy)
           for name, s in plan(cfg).items() if s.kind in ESTIMATES]
 
 

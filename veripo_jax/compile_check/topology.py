@@ -16,13 +16,14 @@ import re
 GIB = 1024 ** 3
 
 # kind: (libtpu's generation name, chip config, TensorCores per name unit, usable HBM per
-# chip in bytes, chips per host). HBM: v5p's 95 GB HBM2e of which XLA may use 95.74 GiB
-# (its bytes_limit); v4 32 GiB, v5e 16 GiB, v6e 32 GiB (the chips' HBM).
+# chip in bytes, chips per host, peak bf16 FLOP/s per chip, HBM bytes/s per chip). HBM: v5p's
+# 95 GB HBM2e of which XLA may use 95.74 GiB (its bytes_limit); v4 32 GiB, v5e 16 GiB, v6e
+# 32 GiB (the chips' HBM). Peaks and bandwidths: Cloud TPU documentation.
 _KINDS = {
-    "v4": ("v4", "megacore", 2, 32 * GIB, 4),
-    "v5p": ("v5", "megacore", 2, int(95.74 * GIB), 4),
-    "v5e": ("v5e", "default", 1, 16 * GIB, 4),
-    "v6e": ("v6e", "default", 1, 32 * GIB, 4),
+    "v4": ("v4", "megacore", 2, 32 * GIB, 4, 275e12, 1228e9),
+    "v5p": ("v5", "megacore", 2, int(95.74 * GIB), 4, 459e12, 2765e9),
+    "v5e": ("v5e", "default", 1, 16 * GIB, 4, 197e12, 819e9),
+    "v6e": ("v6e", "default", 1, 32 * GIB, 4, 918e12, 1640e9),
 }
 # Single-host 2-D slices (v5e / v6e): chips -> (x, y).
 _FLAT = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16),
@@ -44,6 +45,8 @@ class Topology:
   hbm_bytes: int            # usable HBM per chip
   chip_config: str
   generation: str
+  peak_flops: float         # bf16 FLOP/s per chip
+  hbm_bandwidth: float      # HBM bytes/s per chip
 
   @property
   def topology_name(self) -> str:
@@ -100,7 +103,7 @@ def parse_topology(name: str) -> Topology:
     raise TopologyError(f"unknown TPU topology {name!r}: expected a Cloud TPU accelerator type "
                         f"such as v5p-128, v5e-256, v6e-64 or v4-32 ({known})")
   kind = "v5e" if m.group(1) == "v5litepod" else m.group(1)
-  generation, chip_config, cores_per_chip, hbm, _ = _KINDS[kind]
+  generation, chip_config, cores_per_chip, hbm, _, peak, bandwidth = _KINDS[kind]
   count = int(m.group(2))
   if count % cores_per_chip:
     raise TopologyError(f"unknown TPU topology {name!r}: {kind} names count TensorCores, "
@@ -113,4 +116,5 @@ def parse_topology(name: str) -> Topology:
     raise TopologyError(f"unknown TPU topology {name!r}: no {kind} slice of {chips} chips "
                         f"(chips: {', '.join(map(str, sizes))})")
   return Topology(name=f"{kind}-{count}", kind=kind, chips=chips, shape=tuple(shape),
-                  hbm_bytes=hbm, chip_config=chip_config, generation=generation)
+                  hbm_bytes=hbm, chip_config=chip_config, generation=generation,
+                  peak_flops=peak, hbm_bandwidth=bandwidth)
