@@ -121,6 +121,27 @@ def test_native_log_levels_respect_the_user(monkeypatch):
   assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2" and os.environ["GRPC_VERBOSITY"] == "DEBUG"
 
 
+@pytest.mark.parametrize("vendors,libtpu,user,want", [
+    (["0x8086"], True, None, "cpu"),               # a CPU machine with libtpu installed
+    (["0x8086", "0x1ae0"], True, None, None),      # a TPU VM
+    (["0x10de"], True, None, None),                # a GPU machine
+    (["0x8086"], False, None, None),               # no libtpu: jax is quiet already
+    (["0x8086"], True, "tpu", "tpu"),              # the user's choice stands
+], ids=["cpu-with-libtpu", "tpu-vm", "gpu", "no-libtpu", "user-set"])
+def test_skip_absent_tpu(tmp_path, monkeypatch, vendors, libtpu, user, want):
+  for i, vendor in enumerate(vendors):
+    (tmp_path / f"0000:00:0{i}.0").mkdir()
+    (tmp_path / f"0000:00:0{i}.0" / "vendor").write_text(vendor + "\n")
+  monkeypatch.setattr(console.importlib.util, "find_spec",
+                      lambda name: object() if libtpu and name == "libtpu" else None)
+  if user is None:
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+  else:
+    monkeypatch.setenv("JAX_PLATFORMS", user)
+  console.skip_absent_tpu(str(tmp_path))
+  assert os.environ.get("JAX_PLATFORMS") == want
+
+
 REPORT = {
     "evaluations": [
         {"stage": "eval_sft", "follows": "sft", "accuracy": 0.1234, "accuracy_se": 0.0211,

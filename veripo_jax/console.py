@@ -16,6 +16,8 @@ gRPC or XLA start logging, i.e. before the heavy imports.
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import json
 import logging
 import math
@@ -67,6 +69,27 @@ def quiet_native_logs(verbosity: int) -> None:
   read once, when those libraries load, so this must run before they are imported."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbosity >= 1 else "2")   # 2: ERROR
   os.environ.setdefault("GRPC_VERBOSITY", "INFO" if verbosity >= 2 else "ERROR")
+
+
+_PCI_GOOGLE, _PCI_NVIDIA = "0x1ae0", "0x10de"      # TPU chips' and GPUs' PCI vendor ids
+
+
+def skip_absent_tpu(pci_devices: str = "/sys/bus/pci/devices") -> None:
+  """Runs on the CPU, not through libtpu, where libtpu is installed (requirements-test.txt has
+  it, for compile_check) but no TPU chip is attached: jax would try libtpu first, and libtpu
+  prints a page of warnings and an INVALID_ARGUMENT trace before jax falls back to the CPU.
+  Leaves JAX_PLATFORMS alone when the user set it or a GPU is attached. Before jax starts."""
+  if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+    return
+  vendors = set()
+  for vendor in glob.glob(os.path.join(pci_devices, "*", "vendor")):
+    try:
+      with open(vendor) as f:
+        vendors.add(f.read().strip().lower())
+    except OSError:
+      continue
+  if not vendors & {_PCI_GOOGLE, _PCI_NVIDIA}:
+    os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 class _ThirdPartyFilter(logging.Filter):

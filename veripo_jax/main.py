@@ -28,6 +28,7 @@ from veripo_jax import console
 if __name__ == "__main__":
   # Before TensorFlow / gRPC / XLA load: they read their log thresholds once.
   console.quiet_native_logs(console.verbosity_from_argv(sys.argv))
+  console.skip_absent_tpu()
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
