@@ -255,3 +255,21 @@ def test_cached_attention_against_numpy():
         keep = mask[bi, 0, li]
         w = np.exp(scores - scores[keep].max()) * keep if keep.any() else np.ones(s)
         np.testing.assert_allclose(out[bi, li, hi], (w / w.sum()) @ v[bi, kh], atol=1e-5)
+
+
+def test_forked_cache_stays_sharded_over_the_batch(tiny_hf):
+  """Two prompts forked 4 ways over 8 batch shards: the prompts' cache cannot be split, the
+  forked one can and must be (left to propagation, a long bucket's forked cache came out
+  replicated on every chip: 3.2 TiB a chip for the 72B, compile_check)."""
+  from veripo_jax.inference.generate import generation
+  from veripo_jax.models.qwen2_5_vl import load_hf_checkpoint
+  from veripo_jax.parallel.sharding import make_mesh, shard_model
+  mesh = make_mesh(data=1, fsdp=-1, tensor=1)
+  model = shard_model(load_hf_checkpoint(tiny_hf[1]), mesh)
+  fn, args, kwargs = generation(model, video_prompts(), 4, num_samples=4, eos_token_ids=(1,),
+                                pad_token_id=0, mesh=mesh).prefill()
+  logits, cache, _ = fn(*args, **kwargs)
+  assert cache.max_length == video_prompts()["input_ids"].shape[1] + 4
+  for array in (logits, *jax.tree.leaves((cache.keys, cache.values, cache.valid))):
+    assert array.shape[0] == 8
+    assert array.sharding.shard_shape(array.shape)[0] == 1, array.sharding

@@ -28,7 +28,8 @@ from jax.sharding import Mesh
 
 from veripo_jax.inference.sampling import SamplingParams, mark_seen, next_token, prompt_seen
 from veripo_jax.models.family import CausalLM
-from veripo_jax.parallel.sharding import DEFAULT_RULES, activation_sharding, constrain
+from veripo_jax.parallel.sharding import (DEFAULT_RULES, activation_sharding, constrain,
+                                         constrain_tree)
 
 
 @struct.dataclass
@@ -131,8 +132,12 @@ def _prefill(graphdef, state, inputs, *, num_samples, cache_length, mesh, rules,
     if track_seen:
       seen = prompt_seen(inputs.input_ids, inputs.attention_mask, logits.shape[-1])
       seen = constrain(jnp.repeat(seen, num_samples, axis=0), ("batch", "vocab"))
-  return (jnp.repeat(logits.astype(jnp.float32), num_samples, axis=0), cache.repeat(num_samples),
-          seen)
+    # Pinned: left to propagation, the forked cache of a long prompt bucket came out
+    # replicated on every chip (72B, 20k tokens: 3.2 TiB a chip, compile_check on v5p-128).
+    logits = constrain(jnp.repeat(logits.astype(jnp.float32), num_samples, axis=0),
+                       ("batch", "vocab"))
+    cache = constrain_tree(cache.repeat(num_samples), model.cache_axes())
+  return logits, cache, seen
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "params", "eos",

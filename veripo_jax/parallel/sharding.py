@@ -136,6 +136,18 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def is_logical_axes(x) -> bool:
+  """A logical-axes tuple (a leaf of an axes tree such as `CausalLM.cache_axes()`)."""
+  return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
+
+
+def constrain_tree(tree, axes_tree):
+  """`constrain` on every array of `tree`, by the matching leaf of `axes_tree` (the same
+  structure, logical-axes tuples at the leaves)."""
+  return jax.tree.map(lambda axes, x: constrain(x, axes), axes_tree, tree,
+                      is_leaf=is_logical_axes)
+
+
 # -------------------------------------------------------------------------------------------------
 # Parameters.
 

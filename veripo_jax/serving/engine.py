@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from veripo_jax.inference.sampling import SamplingParams, next_token
 from veripo_jax.models import CausalLM, get_family
 from veripo_jax.parallel.sharding import (DEFAULT_RULES, LogicalRules, activation_sharding,
-                                          logical_to_spec, make_mesh)
+                                          is_logical_axes, logical_to_spec, make_mesh)
 from veripo_jax.serving.compat import check_max_prefill_length, jetstream
 
 _js = jetstream()
@@ -159,7 +159,7 @@ class QwenEngine(_js.engine_api.Engine):
     return jax.tree.map(
         lambda axes, a: self._sharding(tuple(x if split(x) else None for x in axes), a.shape,
                                        rules),
-        self._model.cache_axes(per_slot), abstract, is_leaf=_is_axes)
+        self._model.cache_axes(per_slot), abstract, is_leaf=is_logical_axes)
 
   def _prefix_sharding_tree(self, rules) -> Prefix:
     """Prefix lengths vary by bucket, so only the head axes are split."""
@@ -274,11 +274,6 @@ class QwenEngine(_js.engine_api.Engine):
 
 
 # --- jitted pieces -----------------------------------------------------------------------------
-
-
-def _is_axes(x) -> bool:
-  """A logical-axes tuple (a leaf of `CausalLM.cache_axes`)."""
-  return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
 
 
 def _prefill(graphdef, params, inputs, position, *, mesh, rules) -> Prefix:
