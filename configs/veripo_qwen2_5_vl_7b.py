@@ -63,8 +63,20 @@ FAST_ALIGN = dict(global_batch=32, learning_rate=5e-7, beta=0.1)
 LATER_SEARCH = dict(global_batch=64, learning_rate=5e-7)
 MAX_RESPONSE = 4096
 ACTIVATION_SOURCES = ("long_document", "math_text", "reasoning_image")
+# Longest prompt (tokens) of the image and video QA stages: ~1.5k at most (16 frames are 1024
+# video tokens, an image at most 512); longer ones are skipped and counted. Their
+# micro-batches hold several sequences a batch shard: four 20k-token sequences would need
+# 109 GiB a chip (compile_check, 7B on v5p-128).
+MEDIA_PROMPT = 4096
 ITERATIONS = 2                  # [verifier -> DPO -> GRPO] x 2, Figure 1C
 BENCHMARKS = ("vsi_bench", "mmvu", "tomato", "lvbench", "video_mme")   # §6
+
+# Per model preset: sequences a batch shard in a GRPO micro-batch (other than the activation
+# stage's: one long document a shard), pairs a shard in a DPO micro-batch, and the activation
+# stage's longest prompt. The 72B's activations at one 20k-token sequence a shard need 114 GiB
+# a chip (compile_check on v5p-128), so its long documents stop at 8k tokens.
+PER_SHARD = {"7b": dict(grpo_rows=4, dpo_pairs=2, long_prompt=16384),
+             "72b": dict(grpo_rows=2, dpo_pairs=1, long_prompt=8192)}
 
 _PIXELS_28 = 28 * 28
 
@@ -84,18 +96,20 @@ def _per_host(total, hosts, what):
   return total // hosts
 
 
-def _train_data(split, batch_size, seed, max_response):
+def _train_data(split, batch_size, seed, max_response, longest_prompt=MEDIA_PROMPT):
   """A training stage's data: §1 video sampling (2 fps, 4-16 frames, 128·28·28 pixels per
   frame), images up to 512·28·28 pixels [Video-R1's --max_pixels 401408: the paper is silent],
-  the Video-R1 THINK prompt. DPO re-encodes its pairs' prompts with these same settings, so
-  it shares them with the GRPO stage whose rollouts it trains on."""
+  the Video-R1 THINK prompt, prompts up to `longest_prompt` tokens (longer ones are skipped and
+  counted). DPO re-encodes its pairs' prompts with these same settings, so it shares them with
+  the GRPO stage whose rollouts it trains on."""
   shorter = tuple(b for b in (64, 128, 256, 512, 1024, 2048) if b < max_response)
   return dict(
       split=split, batch_size=batch_size, seed=seed, template="video_r1_think",
       vision=dict(fps=2.0, min_frames=4, max_frames=16, max_pixels=128 * _PIXELS_28,
                   image_max_pixels=512 * _PIXELS_28),
       # A 16-frame video is 1024 tokens, with the question about 1.4k: the 1536 bucket.
-      prompt_buckets=(256, 512, 1024, 1536, 2048, 4096, 8192, 16384),
+      prompt_buckets=tuple(b for b in (256, 512, 1024, 1536, 2048, 4096, 8192, 16384)
+                           if b <= longest_prompt),
       # A reflection pair's chosen response is up to max_reasoning_tokens of reasoning plus
       # its tags and answer: the bucket above the limit keeps it from padding to twice that.
       response_buckets=shorter + (max_response, max_response + 256))
@@ -103,7 +117,8 @@ def _train_data(split, batch_size, seed, max_response):
 
 def recipe(*, checkpoint, preset, mesh, hosts, prompts_per_round, activation_micro_batch,
            micro_batch, dpo_micro_batch, max_response, eval_batch_size, remat,
-           save_every_rounds, judge, activation_sources=ACTIVATION_SOURCES):
+           save_every_rounds, judge, activation_sources=ACTIVATION_SOURCES,
+           long_document_prompt=16384):
   """The whole loop as stages; the model and the hardware-dependent sizes are arguments.
 
   hosts: JAX processes (`data.batch_size` counts prompts or pairs per host).
@@ -113,6 +128,7 @@ def recipe(*, checkpoint, preset, mesh, hosts, prompts_per_round, activation_mic
   dpo_micro_batch: pairs per accumulated DPO micro-batch (each pair is two rows).
   judge: the verifier's JudgeConfig fields; both verifiers share its `checkpoint`.
   activation_sources: the splits of the reasoning activation stage.
+  long_document_prompt: its longest prompt in tokens (the other stages': MEDIA_PROMPT).
   """
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -152,7 +168,8 @@ def recipe(*, checkpoint, preset, mesh, hosts, prompts_per_round, activation_mic
         kind="grpo", rounds=_rounds(sources, prompts_per_round),
         global_batch=table["global_batch"],
         micro_batch=activation_micro_batch if name == "activation" else micro_batch,
-        data=_train_data(_split(*sources), rollout_prompts, seed, max_response),
+        data=_train_data(_split(*sources), rollout_prompts, seed, max_response,
+                         long_document_prompt if name == "activation" else MEDIA_PROMPT),
         rollout=dict(num_samples=GROUP_SIZE, max_new_tokens=max_response, temperature=1.0,
                      top_p=1.0, top_k=0),
         objective=dict(clip_eps=0.2, dual_clip=3.0, kl_coef=0.0, remat=remat),
@@ -224,11 +241,12 @@ def get_config(slice_name="v5p-128"):
   sizes cannot keep Table 1's 32 DPO pairs a step (v5p-512: 64 hosts) or 64 prompts a round
   (v5p-1024: 128 hosts), and a batch the hosts or batch shards do not divide would have to
   shrink the global batch or be replicated. Smaller slices are not sized here. The 72B
-  variant is offered on v5p-256, the smallest slice `compile_check` has fitted it on
-  (README, Paper scale).
+  variant is offered on both, with at most 2 sequences (GRPO) and 1 pair (DPO) a batch shard
+  in its micro-batches, half the 7B's on v5p-128: with the 7B's, its DPO micro-batch needs
+  95.2 of a v5p chip's 95.7 GiB (`compile_check`; README, Paper scale).
   """
   preset, tpu = ("72b", slice_name[4:]) if slice_name.startswith("72b-") else ("7b", slice_name)
-  supported = {"7b": ("v5p-128", "v5p-256"), "72b": ("v5p-256",)}[preset]
+  supported = ("v5p-128", "v5p-256")
   if not tpu.startswith("v5p-") or not tpu[len("v5p-"):].isdigit():
     raise ValueError(f"expected a v5p slice name like v5p-128, got {tpu!r}; supported slices: "
                      f"{', '.join(supported)}")
@@ -240,8 +258,7 @@ def get_config(slice_name="v5p-128"):
                (f"{ROLLOUT_PROMPTS} prompts a round", ROLLOUT_PROMPTS))
     split = [what for what, n in batches if n % hosts]
     why = (f"Table 1's {split[0]} does not split over {hosts} hosts (per-host batch sizes)"
-           if split else "compile_check has not fitted the 72B variant there" if preset == "72b"
-           else "the recipe's micro-batches are not sized for it")
+           if split else "the recipe's micro-batches are not sized for it")
     raise ValueError(f"{slice_name}: {why}; supported slices: "
                      f"{', '.join(f'{preset}-{t}' if preset != '7b' else t for t in supported)}")
   # Mesh: tensor=4 over each host's 4 chips (the innermost mesh axis), fsdp over the hosts.
@@ -256,17 +273,21 @@ def get_config(slice_name="v5p-128"):
   # - fp32 weights plus Adam moments of the trainable (text) part, about 33 + 61 GB, shard
   #   over all 64 chips: 1.5 GB a chip, leaving the HBM (95 GB) to KV caches and activations.
   shards = hosts
+  sizes = PER_SHARD[preset]
   return recipe(
-      checkpoint=CHECKPOINT_72B if preset == "72b" else CHECKPOINT, preset=preset, mesh={"data": 1, "fsdp": -1, "tensor": min(4, chips)},
+      checkpoint=CHECKPOINT_72B if preset == "72b" else CHECKPOINT, preset=preset,
+      mesh={"data": 1, "fsdp": -1, "tensor": min(4, chips)},
       hosts=hosts, prompts_per_round=ROLLOUT_PROMPTS,
-      # Per batch shard, as on v5p-128: micro-batches of 4 sequences of up to 5.6k tokens
-      # (64 responses on 16 shards; at most Table 1's 64 a step), remat storing only each
-      # layer's input; the activation stage's long documents (prompts up to 16k tokens, so
-      # 20k-token sequences) one a shard. DPO: 2 pairs (rows) a shard, at most the 32 pairs of
-      # a step.
-      activation_micro_batch=shards, micro_batch=min(4 * shards, SLOW_SEARCH["global_batch"],
-                                                     LATER_SEARCH["global_batch"]),
-      dpo_micro_batch=min(2 * shards, FAST_ALIGN["global_batch"]),
+      # Per batch shard (PER_SHARD), 7B on v5p-128: micro-batches of 4 sequences of up to
+      # 5.6k tokens (64 responses on 16 shards; at most Table 1's 64 a step), remat storing
+      # only each layer's input; the activation stage's long documents (prompts up to 16k
+      # tokens, so 20k-token sequences) one a shard. DPO: 2 pairs a shard, at most the 32
+      # pairs of a step.
+      activation_micro_batch=shards,
+      micro_batch=min(sizes["grpo_rows"] * shards, SLOW_SEARCH["global_batch"],
+                      LATER_SEARCH["global_batch"]),
+      dpo_micro_batch=min(sizes["dpo_pairs"] * shards, FAST_ALIGN["global_batch"]),
+      long_document_prompt=sizes["long_prompt"],
       # Evaluation: prompts of up to 17k tokens (128 frames), 2 a batch shard (32 on v5p-128).
       max_response=MAX_RESPONSE, eval_batch_size=2 * shards, remat=True, save_every_rounds=10,
       # JetStream serves the judge on one chip of host 0 (serving/engine.py) while the

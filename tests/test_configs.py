@@ -151,16 +151,41 @@ def test_tpu_slices_keep_the_global_batches():
     load(TPU_7B, "v4-8")
 
 
-def test_the_72b_variant_is_the_same_recipe_on_the_slice_it_fits():
-  seven, big = load(TPU_7B, "v5p-256"), load(TPU_7B, "72b-v5p-256")
+@pytest.mark.parametrize("tpu,chips,hosts", [("v5p-128", 64, 16), ("v5p-256", 128, 32)])
+def test_the_72b_variant_is_the_same_recipe_with_half_the_rows_a_shard(tpu, chips, hosts):
+  """Same stages and Table 1 batches; its GRPO and DPO micro-batches hold at most 2 sequences
+  and 1 pair a batch shard, half the 7B's on v5p-128 (there the 7B's DPO micro-batch would
+  need 95.2 of 95.7 GiB a chip, compile_check); the activation stage's one long document a
+  shard stays, but its prompts stop at 8k tokens (a 20k-token sequence a shard: 114 GiB a chip
+  on v5p-128)."""
+  seven, big = load(TPU_7B, tpu), load(TPU_7B, f"72b-{tpu}")
   assert (seven.model.preset, big.model.preset) == ("7b", "72b")
   assert big.model.checkpoint.endswith("Qwen2.5-VL-72B-Instruct")
-  planned, reference = plan(big, num_devices=128, num_hosts=32), plan(seven)
+  planned, reference = (plan(big, num_devices=chips, num_hosts=hosts),
+                        plan(seven, num_devices=chips, num_hosts=hosts))
   assert list(planned) == list(reference)
-  assert planned["dpo_1"].config.data.batch_size == reference["dpo_1"].config.data.batch_size
-  with pytest.raises(ValueError, match="compile_check has not fitted the 72B variant there; "
-                     "supported slices: 72b-v5p-256"):
-    load(TPU_7B, "72b-v5p-128")
+  for name, stage in planned.items():
+    mine, theirs = stage.config, reference[name].config
+    if stage.kind in ("grpo", "dpo"):
+      assert mine.data.batch_size == theirs.data.batch_size, name
+      per_shard = 1 if name == "activation" or stage.kind == "dpo" else 2
+      assert mine.micro_batch == min(per_shard * hosts, theirs.micro_batch), name
+  assert planned["activation"].config.data.prompt_buckets[-1] == 8192
+  assert planned["search_video"].config.data.prompt_buckets[-1] == 4096
+  with pytest.raises(ValueError, match="does not split over 64 hosts.*supported slices: "
+                     "72b-v5p-128, 72b-v5p-256"):
+    load(TPU_7B, "72b-v5p-512")
+
+
+def test_only_the_activation_stage_reads_long_prompts():
+  """Four 20k-token sequences a batch shard would need 109 GiB a chip (compile_check, 7B on
+  v5p-128): the stages of four-sequence micro-batches stop at 4096-token prompts, which every
+  image and 16-frame video prompt fits (longer ones are skipped and counted); the activation
+  stage's long documents (one a shard) keep 16,384."""
+  for name, stage in plan(load(TPU_7B)).items():
+    if stage.kind in ("grpo", "dpo"):
+      want = 16384 if name == "activation" else 4096
+      assert stage.config.data.prompt_buckets[-1] == want, name
 
 
 def test_gpu_recipe_keeps_table_1_but_sizes():
