@@ -52,3 +52,30 @@ def test_shared_prompt_rows_give_each_response_its_own_logprobs_and_the_same_los
     loss = lambda batch: learner.evaluate(
         lambda m, x: objective(m, x).loss_sum / objective(m, x).weight, batch)
     np.testing.assert_allclose(float(loss(b)), float(loss(a)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("share_prompt", [False, True], ids=["row-per-response", "shared"])
+def test_a_short_micro_batch_is_padded_without_changing_its_loss(world, tmp_path, share_prompt):
+  """Three groups in micro-batches of two: the second holds one group and a copy of it that
+  carries no tokens and no advantage, so it keeps the full row count (dividing over the batch
+  shards like the others) and the loss terms of the one group alone."""
+  ctx = make_ctx(world, tmp_path)
+  cfg = GRPOConfig(global_batch=8, micro_batch=8, data=DATA, share_prompt=share_prompt,
+                   rollout=RolloutConfig(num_samples=G, max_new_tokens=12))
+  learner = Learner(Qwen25VL(ctx.model_config, rngs=nnx.Rngs(5)), OPT, ctx.mesh, frozen=FROZEN)
+  prompts = next(iter(ctx.loader(DATA)))
+  rollouts, groups, _ = grpo_round(ctx, learner, cfg, prompts, 0, jax.random.key(0))
+  assert len(groups) >= 3
+  rollouts = dataclasses.replace(
+      rollouts, advantages=np.linspace(-1.0, 1.0, len(rollouts.owner)).astype(np.float32))
+  builder = group_builder(ctx, learner, cfg, prompts)
+  first, short = micro_batches(builder, rollouts, groups[:3], 2)
+  [alone] = micro_batches(builder, rollouts, groups[2:3], 1)
+  rows = lambda b: b.sequences.inputs.input_ids.shape[0]
+  assert rows(short) == rows(first) == 2 * rows(alone)
+  assert np.asarray(short.sequences.loss_mask).sum() == np.asarray(alone.sequences.loss_mask).sum()
+  assert np.count_nonzero(short.advantages) == np.count_nonzero(alone.advantages) > 0
+  objective = GRPOObjective()
+  for term in ("loss_sum", "weight"):
+    value = lambda batch: learner.evaluate(lambda m, x: getattr(objective(m, x), term), batch)
+    np.testing.assert_allclose(float(value(short)), float(value(alone)), rtol=1e-5, atol=1e-6)

@@ -76,26 +76,37 @@ def update_plan(groups: np.ndarray, groups_per_step: int, seed: int, round_index
 
 def micro_batches(builder: SequenceBuilder, rollouts: Rollouts, groups: np.ndarray,
                   groups_per_micro: int) -> list[GRPOBatch]:
-  """Host-side GRPO batches for the prompt rows `groups`: their G responses each."""
+  """Host-side GRPO batches for the prompt rows `groups`: their G responses each.
+
+  A short micro-batch (a step's last, or one of a round `filter_zero_variance` shortened) is
+  padded to the full size with copies of its last group that carry no loss (no response
+  tokens, no advantage): its rows still divide over the batch shards, where fewer rows could
+  leave the micro-batch replicated on every shard, and it reuses the full size's program."""
   g = rollouts.group_size
   if builder.branches not in (1, g):
     raise ValueError(f"a shared prompt row holds a whole group: {builder.branches} branches "
                      f"for groups of {g}")
+  full = min(groups_per_micro, len(rollouts.advantages) // g)
   out = []
   for i in range(0, len(groups), groups_per_micro):
-    rows = groups[i:i + groups_per_micro]
+    real = groups[i:i + groups_per_micro]
+    rows = np.concatenate([real, np.repeat(real[-1:], max(0, full - len(real)))])
     if builder.branches == 1:          # prompt-major: the G responses of a prompt in turn
       idx = (rows[:, None] * g + np.arange(g)).reshape(-1)
       owner = np.repeat(np.arange(len(rows)), g)
     else:                              # branch-major: sample j of every prompt, then j + 1
       idx = (rows[None, :] * g + np.arange(g)[:, None]).reshape(-1)
       owner = np.tile(np.arange(len(rows)), g)
+    keep = owner < len(real)
     seq = builder(rows, owner, rollouts.tokens[idx], rollouts.lengths[idx])
+    mask = np.asarray(seq.loss_mask)
+    seq = seq.replace(loss_mask=np.where(keep[:, None], mask, np.zeros_like(mask)))
     width = seq.targets.shape[1]
     old = np.zeros((len(idx), width), np.float32)
     take = min(width, rollouts.logprobs.shape[1])
     old[:, :take] = rollouts.logprobs[idx, :take]
-    out.append(GRPOBatch(sequences=seq, old_logp=old, advantages=rollouts.advantages[idx]))
+    advantages = np.where(keep, rollouts.advantages[idx], 0).astype(rollouts.advantages.dtype)
+    out.append(GRPOBatch(sequences=seq, old_logp=old, advantages=advantages))
   return out
 
 

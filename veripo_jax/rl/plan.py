@@ -173,9 +173,8 @@ def _grpo_batches(c, hosts: int) -> Iterator[tuple[str, int, str]]:
   yield ("data.batch_size", prompts,
          f"a rollout round's prompts ({c.data.batch_size} a host x {hosts} hosts)")
   # Steps take global_batch / G groups, micro-batches micro_batch / G of a step's groups; with
-  # share_prompt a group is one sequence row, else G rows. A round's last, shorter micro-batch
-  # then divides too (the round's and the full micro-batches' rows do); one of a round whose
-  # groups `filter_zero_variance` dropped may not (replicated at run time).
+  # share_prompt a group is one sequence row, else G rows. A shorter micro-batch (a step's
+  # last, or one of a round `filter_zero_variance` shortened) is padded to the full size.
   per_row = 1 if c.share_prompt else g
   shared = f" / G={g}: a group shares a row" if c.share_prompt else ""
   per_micro = c.micro_batch // g
