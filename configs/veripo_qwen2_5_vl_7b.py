@@ -12,7 +12,8 @@ verifier's judge checkpoint sets both. Every host
 reads the checkpoints and datasets, and the workdir must be one directory they all see (a shared
 mount): stages hand policies on by path. Another v5p slice:
 `--config=configs/veripo_qwen2_5_vl_7b.py:v5p-256` (per-host batch sizes follow the host count,
-so the global batches stay Table 1's).
+so the global batches stay Table 1's); Qwen2.5-VL-72B-Instruct: `:72b-v5p-128` or `:72b-v5p-256`
+(override model.checkpoint as for the 7B).
 
 Stages: reasoning activation GRPO -> group-slow-search GRPO on images, then on video QA ->
 [verifier -> DPO (pair-fast-align) -> GRPO on video QA] x 2 (the paper's Figure 1C) -> the
@@ -234,7 +235,7 @@ def _optimizer(learning_rate):
 
 def get_config(slice_name="v5p-128"):
   """`slice_name`: a v5p slice name; v5p names count TensorCores, two per chip, four chips a
-  host. `72b-` before it (`:72b-v5p-256`) gives the same recipe for Qwen2.5-VL-72B-Instruct.
+  host. `72b-` before it (`:72b-v5p-128`) gives the same recipe for Qwen2.5-VL-72B-Instruct.
 
   Offered: v5p-128 (the default) and v5p-256, with Table 1's global batches and each chip's
   share of a micro-batch as on v5p-128 (or less). Larger slices are refused: per-host batch
