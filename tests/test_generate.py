@@ -260,7 +260,7 @@ def test_cached_attention_against_numpy():
 def test_forked_cache_stays_sharded_over_the_batch(tiny_hf):
   """Two prompts forked 4 ways over 8 batch shards: the prompts' cache cannot be split, the
   forked one can and must be (left to propagation, a long bucket's forked cache came out
-  replicated on every chip: 3.2 TiB a chip for the 72B, compile_check)."""
+  replicated on every chip: 3,200 GiB a chip for the 72B, compile_check)."""
   from veripo_jax.inference.generate import generation
   from veripo_jax.models.qwen2_5_vl import load_hf_checkpoint
   from veripo_jax.parallel.sharding import make_mesh, shard_model

@@ -133,7 +133,7 @@ def _prefill(graphdef, state, inputs, *, num_samples, cache_length, mesh, rules,
       seen = prompt_seen(inputs.input_ids, inputs.attention_mask, logits.shape[-1])
       seen = constrain(jnp.repeat(seen, num_samples, axis=0), ("batch", "vocab"))
     # Pinned: left to propagation, the forked cache of a long prompt bucket came out
-    # replicated on every chip (72B, 20k tokens: 3.2 TiB a chip, compile_check on v5p-128).
+    # replicated on every chip (72B, 20k tokens: 3,200 GiB a chip, compile_check on v5p-128).
     logits = constrain(jnp.repeat(logits.astype(jnp.float32), num_samples, axis=0),
                        ("batch", "vocab"))
     cache = constrain_tree(cache.repeat(num_samples), model.cache_axes())
