@@ -69,6 +69,7 @@ ACTIVATION_SOURCES = ("long_document", "math_text", "reasoning_image")
 # micro-batches hold several sequences a batch shard: four 20k-token sequences would need
 # 109 GiB a chip (compile_check, 7B on v5p-128).
 MEDIA_PROMPT = 4096
+LONG_DOCUMENT_PROMPT = 16384    # the activation stage's longest prompt (7B; see PER_SHARD)
 ITERATIONS = 2                  # [verifier -> DPO -> GRPO] x 2, Figure 1C
 BENCHMARKS = ("vsi_bench", "mmvu", "tomato", "lvbench", "video_mme")   # §6
 
@@ -76,7 +77,7 @@ BENCHMARKS = ("vsi_bench", "mmvu", "tomato", "lvbench", "video_mme")   # §6
 # stage's: one long document a shard), pairs a shard in a DPO micro-batch, and the activation
 # stage's longest prompt. The 72B's activations at one 20k-token sequence a shard need 114 GiB
 # a chip (compile_check on v5p-128), so its long documents stop at 8k tokens.
-PER_SHARD = {"7b": dict(grpo_rows=4, dpo_pairs=2, long_prompt=16384),
+PER_SHARD = {"7b": dict(grpo_rows=4, dpo_pairs=2, long_prompt=LONG_DOCUMENT_PROMPT),
              "72b": dict(grpo_rows=2, dpo_pairs=1, long_prompt=8192)}
 
 _PIXELS_28 = 28 * 28
@@ -119,7 +120,7 @@ def _train_data(split, batch_size, seed, max_response, longest_prompt=MEDIA_PROM
 def recipe(*, checkpoint, preset, mesh, hosts, prompts_per_round, activation_micro_batch,
            micro_batch, dpo_micro_batch, max_response, eval_batch_size, remat,
            save_every_rounds, judge, activation_sources=ACTIVATION_SOURCES,
-           long_document_prompt=16384):
+           long_document_prompt=LONG_DOCUMENT_PROMPT):
   """The whole loop as stages; the model and the hardware-dependent sizes are arguments.
 
   hosts: JAX processes (`data.batch_size` counts prompts or pairs per host).

@@ -167,10 +167,10 @@ ESTIMATES = {"grpo": grpo_estimate, "dpo": dpo_estimate}
 def estimates(cfg, topology: Topology, prompt_length: int) -> list[Estimate]:
   """The estimate of every GRPO and DPO stage of a config on `topology`."""
   from veripo_jax.compile_check.inputs import run_model_config
+  from veripo_jax.parallel.sharding import mesh_shape
   from veripo_jax.rl.plan import plan
   _, _, config = run_model_config(cfg)
-  fixed = math.prod(n for n in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) if n > 0)
-  tensor = cfg.mesh.tensor if cfg.mesh.tensor > 0 else topology.chips // fixed
+  tensor = mesh_shape(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, topology.chips)["tensor"]
   policy = cfg.model.get("remat_policy", "nothing_saveable")
   roof = Roofline(topology, tensor)
   return [ESTIMATES[s.kind](name, s.config, config, roof, prompt_length=prompt_length,
